@@ -1,0 +1,40 @@
+"""clipsift: put CLIP-family models to work on real image collections.
+
+    >>> import clipsift
+    >>> m = clipsift.load("mini")                      # or "ViT-B-32:openai", "hf:..."
+    >>> m.encode_texts(["a dog"]).shape                # float32, unit rows
+    >>> clipsift.classify(m, ["photo.jpg"], ["cat", "dog"], templates=["a photo of a {}."])
+
+Heavy modules (torch, open_clip) load on first use, so importing clipsift is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "clipsift.models",
+    "ClipModel": "clipsift.models.base",
+    "classify": "clipsift.classify",
+    "iter_classify": "clipsift.classify",
+    "Classification": "clipsift.classify",
+    "LabelScore": "clipsift.classify",
+    "ZeroShotClassifier": "clipsift.classify",
+    "embed_to_parquet": "clipsift.embed",
+    "similarity": "clipsift.embed",
+    "open_image": "clipsift.images",
+    "Index": "clipsift.index",
+    "Hit": "clipsift.search",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clipsift' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

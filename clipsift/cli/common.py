@@ -1,0 +1,45 @@
+"""Options and helpers shared by CLI commands (kept light: only typer at import)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Model name: ViT-B-32:openai (default), ARCH:TAG, ARCH:/path/ckpt, "
+    "hf:ORG/NAME, hf:/folder, a clipsift model folder, or 'mini' (bundled, offline).",
+    envvar="CLIPSIFT_MODEL")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", min=0, help="Decode worker processes (0 = decode in-process; default: auto).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")]
+
+
+def load_model(name: str | None, device: str = "cpu"):
+    """Load a model for a command; print the fallback notice (if any) on stderr."""
+    from clipsift.cli.output import notice
+    from clipsift.models import load
+
+    model = load(name, device=device)
+    if model.notice:
+        notice(model.notice)
+    return model
+
+
+def report_failures(failed: list[tuple[str, str]], total: int) -> int:
+    """List failed inputs on stderr; return the exit status (1 if any failed)."""
+    from clipsift.cli.output import notice
+
+    if not failed:
+        return 0
+    notice(f"{len(failed)} of {total} input(s) failed:")
+    for source, reason in failed:
+        notice(f"  {printable(source)}: {reason}")
+    return 1
+
+
+def printable(text: str) -> str:
+    """File names may hold undecodable bytes; show them escaped, never crash on print."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

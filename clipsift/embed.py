@@ -1,0 +1,117 @@
+"""Embed images and texts, and write them to Parquet for pandas/duckdb users."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class EmbedSummary:
+    """What `embed_to_parquet` wrote."""
+
+    output: str
+    images: int = 0
+    texts: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+
+def embed_to_parquet(
+    model,
+    inputs: Sequence[str],
+    texts: Sequence[str],
+    output: str | Path,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    on_progress=None,
+) -> EmbedSummary:
+    """Embed image inputs (files, folders, globs, shards, lists) and texts into Parquet.
+
+    Columns: `kind` ("image" | "text"), `source` (path or the text), `embedding`
+    (list<float32>). The model name and dimension are stored in the schema metadata.
+    Images are streamed and written in row groups, so memory stays flat.
+
+    Args:
+        on_progress: optional callback `(done: int, failed: int) -> None` after each batch.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipsift.pipeline import embed_items
+    from clipsift.sources import iter_items
+
+    schema = pa.schema(
+        [("kind", pa.string()), ("source", pa.string()), ("embedding", pa.list_(pa.float32()))],
+        metadata={"clipsift.model": model.name, "clipsift.dim": str(model.dim)},
+    )
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = EmbedSummary(str(out))
+    tmp = out.with_name(out.name + ".part")
+    with pq.ParquetWriter(str(tmp), schema) as writer:
+        if texts:
+            _write(writer, schema, "text", list(texts), model.encode_texts(list(texts)))
+            summary.texts = len(texts)
+        if inputs:
+            for batch in embed_items(model, iter_items(list(inputs)), batch_size=batch_size,
+                                     workers=workers):
+                good = [r for r in batch if r.vector is not None]
+                summary.failed += [(r.item.key, r.error or "") for r in batch if r.vector is None]
+                if good:
+                    _write(writer, schema, "image", [r.item.key for r in good],
+                           np.stack([r.vector for r in good]))
+                summary.images += len(good)
+                if on_progress:
+                    on_progress(summary.images, len(summary.failed))
+    tmp.replace(out)
+    return summary
+
+
+def _write(writer, schema, kind: str, sources: list[str], vectors: np.ndarray) -> None:
+    import pyarrow as pa
+
+    flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
+    emb = pa.ListArray.from_arrays(pa.array(np.arange(0, flat.length() + 1, vectors.shape[1],
+                                                      dtype=np.int32)), flat)
+    table = pa.Table.from_arrays(
+        [pa.array([kind] * len(sources)), pa.array(_safe_str(sources)), emb], schema=schema)
+    writer.write_table(table)
+
+
+def _safe_str(values: list[str]) -> list[str]:
+    """Parquet strings must be valid UTF-8: keep undecodable file-name bytes visible."""
+    return [v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            for v in values]
+
+
+@dataclass
+class SimilarityMatrix:
+    """Cosine similarities between images (rows) and texts (columns)."""
+
+    images: list[str]
+    texts: list[str]
+    cosine: np.ndarray  # [len(images), len(texts)]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def similarity(model, images: Sequence[str], texts: Sequence[str], *, workers: int | None = 0
+               ) -> SimilarityMatrix:
+    """Cosine matrix between image inputs and texts; failed images are listed, not fatal."""
+    from clipsift.pipeline import embed_items
+    from clipsift.sources import iter_items
+
+    keys, vecs, failed = [], [], []
+    for batch in embed_items(model, iter_items(list(images)), workers=workers):
+        for r in batch:
+            if r.vector is None:
+                failed.append((r.item.key, r.error or ""))
+            else:
+                keys.append(r.item.key)
+                vecs.append(r.vector)
+    tv = model.encode_texts(list(texts))
+    iv = np.stack(vecs) if vecs else np.zeros((0, model.dim), np.float32)
+    return SimilarityMatrix(keys, list(texts), iv @ tv.T, failed)

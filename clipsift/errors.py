@@ -1,0 +1,87 @@
+"""Typed errors raised by the clipsift library.
+
+Every error carries a message a user can act on: what failed, the offending value,
+and what to do about it. Apps (CLI, server) turn them into output and exit codes.
+"""
+
+from __future__ import annotations
+
+
+class ClipsiftError(Exception):
+    """Base class of every error clipsift raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(ClipsiftError):
+    """The caller passed a bad argument or option (a bad label file, an unknown template set)."""
+
+    exit_code = 2
+
+
+class ModelNotAvailable(ClipsiftError):
+    """A model name could not be resolved to weights on this machine or its network.
+
+    Attributes:
+        model: the name the user asked for.
+        looked_in: the places that were checked, in order.
+    """
+
+    exit_code = 2
+
+    def __init__(self, model: str, looked_in: list[str], reason: str = "") -> None:
+        self.model = model
+        self.looked_in = list(looked_in)
+        self.reason = reason
+        places = "\n".join(f"  - {p}" for p in self.looked_in) or "  (nowhere)"
+        why = f" ({reason})" if reason else ""
+        msg = (
+            f"Model {model!r} is not available{why}.\n"
+            f"Looked in:\n{places}\n"
+            "Fixes:\n"
+            "  - pass a local checkpoint: --model ARCH:/path/to/file.pt|.bin|.safetensors "
+            "or --model hf:/path/to/folder or --model /path/to/clipsift-model-folder\n"
+            "  - point the cache at a folder that holds the weights: "
+            "set CLIPSIFT_CACHE (or HF_HOME / HF_HUB_CACHE)\n"
+            "  - use the bundled offline model: --model mini"
+        )
+        super().__init__(msg)
+
+
+class UnknownModel(UsageError):
+    """The model name does not name any known architecture/tag."""
+
+
+class CheckpointError(ClipsiftError):
+    """A checkpoint file exists but cannot be loaded safely or does not fit the architecture."""
+
+    exit_code = 2
+
+
+class ImageError(ClipsiftError):
+    """One image could not be opened; `reason` says why. Bulk jobs record it and go on."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+class IndexError_(ClipsiftError):
+    """Base class for index/store problems (named with a trailing _ to not shadow IndexError)."""
+
+
+class IndexInUse(IndexError_):
+    """Another process is writing to the index."""
+
+
+class ModelMismatch(IndexError_):
+    """An index was built with another model than the one requested."""
+
+    exit_code = 2
+
+
+class TrainingError(ClipsiftError):
+    """Training data or options are unusable."""
+
+    exit_code = 2

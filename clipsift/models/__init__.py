@@ -1,0 +1,135 @@
+"""Model loading: one name gives model + preprocessing + tokenizer.
+
+Names:
+    ``ViT-B-32:openai``, ``ViT-B-32:laion2b_s34b_b79k``   open_clip zoo ARCH:TAG
+    ``ViT-B-32:/path/model.pt`` (or .bin/.pth/.safetensors) a local checkpoint for ARCH
+    ``hf:openai/clip-vit-base-patch32``, ``hf:/path/folder`` Hugging Face CLIP / Chinese-CLIP
+    ``hf-hub:ORG/NAME``                                    an open_clip model repo on the hub
+    ``/path/to/folder``                                    a clipsift model folder or HF folder
+    ``mini``                                               the small model bundled offline
+    ``fake``                                               a deterministic test embedder
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clipsift.errors import ModelNotAvailable, UnknownModel
+from clipsift.models.base import ClipModel, ModelInfo, l2_normalize
+
+DEFAULT_MODEL = "ViT-B-32:openai"
+MINI_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
+
+__all__ = ["DEFAULT_MODEL", "ClipModel", "ModelInfo", "l2_normalize", "load", "mini_available"]
+
+
+def mini_available() -> bool:
+    return (MINI_DIR / "model.safetensors").is_file()
+
+
+def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True) -> ClipModel:
+    """Load a CLIP-family model by name (see the module docstring for the forms).
+
+    Args:
+        name: the model name; None means the default (`ViT-B-32:openai`).
+        device: "cpu", "cuda", "cuda:1" or "auto".
+        fallback: when `name` is None and the default model is not available (offline,
+            no cache), load the bundled `mini` model instead and set `model.notice`.
+    Returns:
+        A ClipModel; `model.notice` is a one-line message when a fallback happened.
+    Raises:
+        ModelNotAvailable: weights are not on this machine and cannot be downloaded.
+        UnknownModel: the name matches no known form, architecture or tag.
+        CheckpointError: a file exists but cannot be loaded safely or does not fit.
+
+    Example:
+        >>> m = load("mini")
+        >>> m.encode_texts(["a dog"]).shape == (1, m.dim)
+        True
+    """
+    dev = _device(device)
+    if name is None:
+        try:
+            model = _load_name(DEFAULT_MODEL, dev)
+        except ModelNotAvailable as ex:
+            if not (fallback and mini_available()):
+                raise
+            model = _load_name("mini", dev)
+            model.notice = (
+                f"note: {DEFAULT_MODEL} is not available here ({ex.reason}); using the bundled "
+                "offline model 'mini'. For full quality, run once with network access or pass "
+                "--model ARCH:/path/to/weights."
+            )
+        return model
+    return _load_name(name.strip(), dev)
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_name(name: str, device: str) -> ClipModel:
+    from clipsift.models import hf_backend, openclip_loader
+    from clipsift.models.folder import is_model_folder
+
+    model: ClipModel
+    if name == "mini":
+        if not mini_available():
+            raise ModelNotAvailable("mini", [str(MINI_DIR)], "the bundled model is missing "
+                                    "from this installation; reinstall clipsift")
+        model = openclip_loader.load_folder(MINI_DIR, device, name="mini")
+    elif name == "fake" or name.startswith("fake:"):
+        from clipsift.models.fake import FakeModel
+
+        model = FakeModel(int(name.split(":", 1)[1]) if ":" in name else 64)
+    elif name.startswith("hf:"):
+        model = _load_hf(name, device)
+    elif name.startswith("hf-hub:"):
+        model = openclip_loader.load_hub(name[len("hf-hub:"):], device)
+    elif _looks_like_path(name) and is_model_folder(name):
+        model = openclip_loader.load_folder(name, device)
+    elif _looks_like_path(name) and hf_backend.is_hf_folder(name):
+        model = hf_backend.HFClipModel(name, name, device)
+    else:
+        model = _load_arch(name, device)
+    model.notice = None
+    return model
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or name.startswith((".", "~")) or Path(name).exists()
+
+
+def _load_hf(name: str, device: str) -> ClipModel:
+    from clipsift.models import hf_backend, resolve
+
+    ref = name[len("hf:"):]
+    local = Path(ref).expanduser()
+    if ref.startswith(("/", ".", "~")) or local.is_dir():
+        if not hf_backend.is_hf_folder(local):
+            raise ModelNotAvailable(name, [str(local)], "no config.json in that folder")
+        return hf_backend.HFClipModel(str(local), name, device)
+    folder = resolve.hf_snapshot(ref, resolve.Lookup(name))
+    return hf_backend.HFClipModel(folder, name, device)
+
+
+def _load_arch(name: str, device: str) -> ClipModel:
+    from clipsift.models import openclip_loader
+
+    arch, sep, rest = name.partition(":")
+    if not sep:
+        if Path(name).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+            raise UnknownModel(f"{name!r} is a checkpoint file: say which architecture it is, "
+                               f"e.g. ViT-B-32:{name}")
+        openclip_loader.check_arch(arch)  # raises for unknown names, with suggestions
+        raise UnknownModel(f"say which weights to use for {arch}: {arch}:TAG or {arch}:/path; "
+                           "`clipsift models` lists the tags")
+    if os.sep in rest or rest.startswith((".", "~")) or Path(rest).suffix in (
+            ".pt", ".pth", ".bin", ".safetensors"):
+        return openclip_loader.load_file(arch, rest, device)
+    return openclip_loader.load_tag(arch, rest, device)

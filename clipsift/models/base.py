@@ -1,0 +1,137 @@
+"""The model protocol every backend implements, and the shared encoding logic.
+
+A `ClipModel` bundles weights, image preprocessing and tokenizer, so one name gives all
+three. Embeddings are float32 numpy arrays, L2-normalised, shape [N, dim].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a loaded model, stored with indexes and printed by `clipsift models`."""
+
+    name: str
+    backend: str
+    dim: int
+    image_size: int
+    context_length: int
+    logit_scale: float
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation of a float array; zero rows stay zero."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class ClipModel(ABC):
+    """A CLIP-family model: image tower, text tower, preprocessing and tokenizer.
+
+    Example:
+        >>> m = clipsift.load("mini")
+        >>> m.encode_texts(["a photo of a dog"]).shape
+        (1, m.dim)
+    """
+
+    name: str
+    backend: str
+    dim: int
+    image_size: int
+    context_length: int
+    logit_scale: float
+    preprocess: Preprocess
+    device: torch.device
+    notice: str | None = None  # set by load() when it fell back to another model
+
+    # ---- backend hooks -------------------------------------------------------------------
+    @abstractmethod
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image features for a preprocessed batch [N, 3, H, W] -> [N, D]."""
+
+    @abstractmethod
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised text features for texts that fit the context -> [N, D]."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Number of content tokens (without start/end tokens) of `text`."""
+
+    @abstractmethod
+    def split_tokens(self, text: str, max_tokens: int) -> list[str]:
+        """Split `text` into pieces of at most `max_tokens` content tokens each."""
+
+    # ---- public API ----------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            self.name, self.backend, self.dim, self.image_size, self.context_length,
+            float(self.logit_scale),
+        )
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embed an already-preprocessed batch [N, 3, H, W]; returns float32 [N, D], unit rows."""
+        if pixels.ndim != 4:
+            raise ValueError(f"expected a batch [N, 3, H, W], got shape {tuple(pixels.shape)}")
+        feats = self._image_features(pixels.to(self.device))
+        return l2_normalize(feats.float().cpu().numpy())
+
+    def encode_images(self, images: Sequence[Image.Image | str], batch_size: int = 64) -> np.ndarray:
+        """Embed PIL images or image paths; returns float32 [N, D] with unit rows.
+
+        Paths are opened with `clipsift.images.open_image` (EXIF, modes, bombs); a bad
+        path raises `ImageError`. Use `clipsift.embed` for bulk work that must not stop.
+        """
+        from clipsift.images import open_image
+
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            pil = [im if isinstance(im, Image.Image) else open_image(im, self.image_size)
+                   for im in chunk]
+            pixels = torch.stack([self.preprocess(im) for im in pil])
+            out.append(self.encode_pixels(pixels))
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Embed texts; returns float32 [N, D] with unit rows.
+
+        A text longer than the context length is split into chunks that fit; the chunk
+        embeddings are averaged and renormalised, so nothing is silently cut off.
+        """
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        max_tokens = self.context_length - 2
+        pieces: list[str] = []
+        owner: list[int] = []
+        for i, text in enumerate(texts):
+            parts = [text]
+            if self.count_tokens(text) > max_tokens:
+                parts = self.split_tokens(text, max_tokens) or [text]
+            pieces.extend(parts)
+            owner.extend([i] * len(parts))
+        feats = []
+        for start in range(0, len(pieces), batch_size):
+            f = self._text_features(pieces[start : start + batch_size]).float().cpu().numpy()
+            feats.append(l2_normalize(f))
+        piece_emb = np.concatenate(feats)  # [P, D]
+        if len(pieces) == len(texts):
+            return piece_emb
+        summed = np.zeros((len(texts), self.dim), np.float32)
+        np.add.at(summed, np.asarray(owner), piece_emb)
+        return l2_normalize(summed)

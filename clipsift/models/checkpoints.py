@@ -1,0 +1,170 @@
+"""Read checkpoint files without ever executing code from them.
+
+Accepted: `.safetensors`; PyTorch zip/legacy files through `torch.load(weights_only=True)`;
+TorchScript archives (OpenAI's `ViT-B-32.pt` format) through a restricted unpickler that
+only rebuilds tensors: script classes become inert attribute bags, any other global
+(e.g. `os.system`) is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipsift.errors import CheckpointError
+
+# Extra entries OpenAI's TorchScript archives carry that are not model weights.
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
+    "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+# TorchScript wraps typed lists in these builders; they only make a list from a list.
+_JIT_LIST_BUILDERS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a flat `{name: tensor}` state dict from a checkpoint file, safely.
+
+    Args:
+        path: a .safetensors file, a torch.save file of tensors/dicts, or a TorchScript
+            archive (OpenAI CLIP `.pt`).
+    Returns:
+        The state dict, with a `state_dict` wrapper and `module.` prefixes removed.
+    Raises:
+        CheckpointError: unreadable file, or a pickle that needs arbitrary objects.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
+    if p.suffix == ".safetensors":
+        sd = _load_safetensors(p)
+    elif is_torchscript_archive(p):
+        sd = load_torchscript_weights(p)
+    else:
+        sd = _torch_load_weights_only(p)
+    return _clean(sd, p)
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    """True for a TorchScript zip (it holds a `code/` folder or `constants.pkl`)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as ex:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read safetensors file {str(path)!r}: {ex}") from ex
+
+
+def _torch_load_weights_only(path: Path) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as ex:
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: it is not a plain weights file and loading it "
+            f"would run code from the file ({str(ex).splitlines()[0]}). If you trust it, "
+            "convert it to .safetensors first."
+        ) from ex
+    except Exception as ex:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {ex}") from ex
+
+
+def _clean(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{str(path)!r} holds no state dict (found {type(obj).__name__})")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    for key in NON_WEIGHT_KEYS:
+        sd.pop(key, None)
+    return sd
+
+
+# ---- TorchScript archives ----------------------------------------------------------------
+class _ScriptObject:
+    """Inert stand-in for a TorchScript class instance: it only records its attributes."""
+
+    def __init__(self, *args: Any) -> None:
+        self.attrs: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.attrs = state if isinstance(state, dict) else {}
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *_: Any):
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self._zf = zf
+        self._prefix = prefix
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("__torch__"):
+            return _ScriptObject
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return lambda data, *_: data
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if module == "collections" and name == "OrderedDict":
+            return dict
+        if module == "torch.jit._pickle" and name in _JIT_LIST_BUILDERS:
+            return list
+        if module == "torch.jit._pickle" and name == "restore_type_tag":
+            return lambda value, _tag: value
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file")
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        _tag, dtype, key, _location, _numel = pid
+        raw = self._zf.read(f"{self._prefix}data/{key}")
+        if not raw:
+            return torch.empty(0, dtype=dtype)
+        return torch.frombuffer(bytearray(raw), dtype=dtype)
+
+
+def load_torchscript_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Extract parameters and buffers of a TorchScript archive without running it."""
+    with zipfile.ZipFile(path) as zf:
+        data_pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not data_pkl:
+            raise CheckpointError(f"{str(path)!r} is a zip but not a TorchScript archive")
+        prefix = data_pkl[0][: -len("data.pkl")]
+        try:
+            root = _RestrictedUnpickler(zf.read(data_pkl[0]), zf, prefix).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as ex:
+            raise CheckpointError(f"refused to load TorchScript archive {str(path)!r}: {ex}") from ex
+    out: dict[str, torch.Tensor] = {}
+    _collect(root, "", out)
+    return out
+
+
+def _collect(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    if not isinstance(obj, _ScriptObject):
+        return
+    for name, value in obj.attrs.items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value.clone()
+        elif isinstance(value, _ScriptObject):
+            _collect(value, f"{prefix}{name}.", out)
