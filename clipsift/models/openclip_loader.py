@@ -23,9 +23,26 @@ def _quiet_open_clip() -> None:
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
 
+_registered: set[str] = set()
+
+
+def register_user_configs() -> None:
+    """Register extra architecture JSONs from $CLIPSIFT_MODEL_CONFIGS (folders or files,
+    separated by os.pathsep), the way open_clip's `add_model_config` does."""
+    import os
+
+    import open_clip
+
+    for entry in filter(None, os.environ.get("CLIPSIFT_MODEL_CONFIGS", "").split(os.pathsep)):
+        if entry not in _registered and Path(entry).exists():
+            open_clip.add_model_config(entry)
+            _registered.add(entry)
+
+
 def known_archs() -> list[str]:
     import open_clip
 
+    register_user_configs()
     return open_clip.list_models()
 
 
@@ -35,6 +52,7 @@ def check_arch(arch: str) -> dict[str, Any]:
 
     import open_clip
 
+    register_user_configs()
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         close = difflib.get_close_matches(arch, known_archs(), n=5, cutoff=0.5)

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny models in every format, and real photos from ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests import tinymodels
+
+SHARED = tinymodels.SHARED
+
+
+@pytest.fixture(scope="session")
+def arch_configs(tmp_path_factory) -> Path:
+    """Tiny architectures registered through $CLIPSIFT_MODEL_CONFIGS (as a user would)."""
+    folder = tinymodels.write_arch_configs(tmp_path_factory.mktemp("archs"))
+    os.environ["CLIPSIFT_MODEL_CONFIGS"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(arch_configs, tmp_path_factory) -> dict[str, Path]:
+    """TinyViT (QuickGELU, like OpenAI's) saved in every open_clip/OpenAI format."""
+    model = tinymodels.make_openclip({**tinymodels.TINY_VIT, "quick_gelu": True}, seed=1)
+    return tinymodels.save_openclip_formats(model, tmp_path_factory.mktemp("vit"), "tinyvit")
+
+
+@pytest.fixture(scope="session")
+def tiny_rn(arch_configs, tmp_path_factory) -> dict[str, Path]:
+    model = tinymodels.make_openclip(tinymodels.TINY_RN, seed=2)
+    return tinymodels.save_openclip_formats(model, tmp_path_factory.mktemp("rn"), "tinyrn")
+
+
+@pytest.fixture(scope="session")
+def hf_clip_dir(tmp_path_factory) -> Path:
+    return tinymodels.make_hf_clip(tmp_path_factory.mktemp("hfclip") / "clip")
+
+
+@pytest.fixture(scope="session")
+def hf_cn_clip_dir(tmp_path_factory) -> Path:
+    return tinymodels.make_hf_chinese_clip(tmp_path_factory.mktemp("hfcn") / "cnclip")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> list[Path]:
+    """40 real ImageNet sample photos extracted to a temp folder."""
+    return extract_photos(tmp_path_factory.mktemp("photos"), 40)
+
+
+def extract_photos(dest: Path, count: int) -> list[Path]:
+    tar_path = SHARED / "imagenet-samples.tar"
+    if not tar_path.exists():
+        pytest.skip(f"{tar_path} not found")
+    out = []
+    with tarfile.open(tar_path) as tf:
+        for member in tf:
+            if member.isfile() and member.name.lower().endswith(".jpeg"):
+                target = dest / Path(member.name).name
+                with tf.extractfile(member) as src:
+                    target.write_bytes(src.read())
+                out.append(target)
+                if len(out) >= count:
+                    break
+    return sorted(out)
