@@ -75,7 +75,7 @@ def _write(writer, schema, kind: str, sources: list[str], vectors: np.ndarray) -
     import pyarrow as pa
 
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
-    emb = pa.ListArray.from_arrays(pa.array(np.arange(0, flat.length() + 1, vectors.shape[1],
+    emb = pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, vectors.shape[1],
                                                       dtype=np.int32)), flat)
     table = pa.Table.from_arrays(
         [pa.array([kind] * len(sources)), pa.array(_safe_str(sources)), emb], schema=schema)

@@ -40,7 +40,7 @@ def classify_cmd(
     """Label probabilities for each image (softmax over logit_scale x cosine)."""
     import json
 
-    from clipsift.classify import iter_classify
+    from clipsift.zeroshot import iter_classify
     from clipsift.templates import parse_labels, resolve_templates
 
     label_list = parse_labels(labels, labels_file)

@@ -8,6 +8,7 @@ imports (torch, open_clip, faiss) happen inside the command functions.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -23,6 +24,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from clipsift import __version__
+
+        typer.echo(f"clipsift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Put CLIP models to work on image collections."""
 
 
 def _register_commands() -> None:
@@ -43,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     `err.exit_code` (2 for usage/model errors), never a traceback.
     """
     try:
-        app(args=argv, prog_name="clipsift", standalone_mode=False)
+        rv = app(args=argv, prog_name="clipsift", standalone_mode=False)
+        if isinstance(rv, int):  # click returns Exit codes when not standalone
+            return rv
     except ClipsiftError as err:
         from clipsift.cli.output import print_error
 
@@ -64,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             return ex.exit_code
         if isinstance(ex, click.exceptions.Abort):
             return 130
-        raise
+        if os.environ.get("CLIPSIFT_DEBUG"):
+            raise
+        from clipsift.cli.output import print_error
+
+        print_error(f"internal error: {type(ex).__name__}: {ex}\n"
+                    "This is a bug in clipsift; rerun with CLIPSIFT_DEBUG=1 for the traceback "
+                    "and report it.")
+        return 3
     return 0
 
 

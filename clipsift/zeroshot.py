@@ -1,4 +1,7 @@
-"""Zero-shot classification: label probabilities for images, as in CLIP's demo."""
+"""Zero-shot classification (the `classify` verb): label probabilities, as in CLIP's demo.
+
+Named zeroshot.py so that `clipsift.classify` stays the function, not this module.
+"""
 
 from __future__ import annotations
 

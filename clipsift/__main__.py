@@ -1,0 +1,5 @@
+"""`python -m clipsift` runs the CLI."""
+
+from clipsift.cli.main import run
+
+run()

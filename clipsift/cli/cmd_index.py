@@ -1,0 +1,211 @@
+"""`clipsift index`, `search`, `errors` and `export`: build, query and dump an index."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from clipsift.cli.common import BatchOpt, JsonOpt, ModelOpt, WorkersOpt, printable
+
+IndexArg = Annotated[str, typer.Argument(
+    help="Index file, or a bare name kept in $CLIPSIFT_INDEX_DIR "
+    "(default ~/.local/share/clipsift/indexes).")]
+
+
+def index_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders, globs, .tar shards "
+                                               "or file lists.")],
+    index: Annotated[str, typer.Option("--index", "-i", help="Index file or name (created "
+                                       "when missing).")],
+    model: ModelOpt = None,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = None,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive",
+                                            help="Walk sub-folders.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or "
+                                        "summary.")] = False,
+) -> None:
+    """Add images to an index (incremental: only new or changed files are embedded).
+
+    Ctrl-C stops after the current batch, keeping everything done so far; run the same
+    command again to resume.
+    """
+    import signal
+    import threading
+
+    from clipsift.index import Index, resolve_index_path
+
+    path = resolve_index_path(index)
+    idx = Index(path, _model_for(path, model))
+    stop = threading.Event()
+    previous = _install_sigint(stop)
+    try:
+        summary = _run_add(idx, paths, stop, quiet=quiet, batch_size=batch_size,
+                           workers=workers, recursive=recursive)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        idx.close()
+    if not quiet:
+        _print_summary(path, summary)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+def _model_for(path, name: str | None):
+    """The model to open `path` with: the named one, the recorded one, or the default."""
+    from clipsift.cli.common import load_model
+
+    if path.exists():
+        return name  # None: use the model the index records; a name: checked against it
+    return load_model(name)
+
+
+def _install_sigint(stop):
+    """First Ctrl-C sets `stop` (finish the batch, keep work); a second one interrupts."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _run_add(idx, paths, stop, *, quiet: bool, **opts):
+    if quiet:
+        return idx.add(paths, stop=stop, **opts)
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from clipsift.sources import count_items
+
+    total = count_items(paths, recursive=opts.get("recursive", True))
+    columns = [TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn(),
+               TextColumn("[red]{task.fields[errors]} errors")]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("index", total=total, rate=0.0, errors=0)
+
+        def on_progress(p) -> None:
+            rate = p.encoded / p.seconds if p.seconds > 0 else 0.0
+            bar.update(task, completed=min(p.done, total), rate=rate, errors=p.errors)
+
+        return idx.add(paths, stop=stop, progress=on_progress, **opts)
+
+
+def _print_summary(path, s) -> None:
+    from clipsift.cli.output import notice
+
+    state = "interrupted (run again to resume)" if s.interrupted else "done"
+    notice(f"index {path}: {state} in {s.seconds:.1f} s: {s.added} added, {s.updated} "
+           f"updated, {s.renamed} renamed, {s.removed} removed, {s.unchanged} unchanged, "
+           f"{s.errors} errors")
+    if s.errors:
+        notice(f"  list the failed files with: clipsift errors {path}")
+
+
+def search_cmd(
+    index: IndexArg,
+    query: Annotated[str | None, typer.Argument(
+        help='Text query; combine with + and - and weights: \'"beach" - "people"\', '
+        "'2:sunset + sky', 'image:photo.jpg', 'id:42'.")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Query image (image→image; "
+                                              "with --captions: image→text).")] = None,
+    captions: Annotated[str | None, typer.Option(
+        "--captions", help="Text file, one caption per line: rank them for --image.")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Number of results.")] = 10,
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", help="Only results with a score (cosine) at least this.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Search an index by text, image, or both; or caption an image from a list."""
+    from clipsift.errors import UsageError
+    from clipsift.index import Index
+    from clipsift.search import Term, parse_query, read_captions
+
+    idx = Index(index, create=False)
+    try:
+        if captions is not None:
+            if image is None or query is not None:
+                raise UsageError("--captions ranks captions for --image; give --image and no "
+                                 "text query")
+            hits = idx.search_captions(image, read_captions(captions), k, threshold)
+            _print_captions(hits, json_out)
+            return
+        if query is None and image is None:
+            raise UsageError("give a text query and/or --image")
+        terms = parse_query(query).terms if query is not None else ()
+        if image is not None:
+            terms = (*terms, Term(image, 1.0, "image"))
+        from clipsift.search import Query
+
+        _print_hits(idx.search(Query(terms), k, threshold), json_out)
+    finally:
+        idx.close()
+
+
+def _print_hits(hits, json_out: bool) -> None:
+    import json
+
+    for h in hits:
+        if json_out:
+            typer.echo(json.dumps({"id": h.id, "path": printable(h.path), "score": h.score},
+                                  ensure_ascii=False))
+        else:
+            typer.echo(f"{h.score:.4f}  {printable(h.path)}  (id {h.id})")
+
+
+def _print_captions(hits, json_out: bool) -> None:
+    import json
+
+    for h in hits:
+        if json_out:
+            typer.echo(json.dumps({"line": h.line, "text": h.text, "score": h.score},
+                                  ensure_ascii=False))
+        else:
+            typer.echo(f"{h.score:.4f}  {h.text}  (line {h.line})")
+
+
+def errors_cmd(index: IndexArg, json_out: JsonOpt = False) -> None:
+    """List the files an index could not embed, with the reason."""
+    import json
+
+    from clipsift.index import Index
+
+    with Index(index, create=False) as idx:
+        for row in idx.errors():
+            if json_out:
+                typer.echo(json.dumps({"id": row.id, "path": printable(row.key),
+                                       "error": row.error}, ensure_ascii=False))
+            else:
+                typer.echo(f"{printable(row.key)}: {row.error}")
+
+
+def export_cmd(
+    index: IndexArg,
+    output: Annotated[str, typer.Argument(help="Parquet file to write.")],
+) -> None:
+    """Write an index's items and embeddings to Parquet (for pandas, duckdb, Spark)."""
+    from clipsift.cli.output import notice
+    from clipsift.export import export_parquet
+    from clipsift.index import Index
+
+    with Index(index, create=False) as idx:
+        s = export_parquet(idx.store, output)
+    notice(f"wrote {s.rows} rows ({s.model}, dim {s.dim}) to {s.path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("index")(index_cmd)
+    app.command("search")(search_cmd)
+    app.command("errors")(errors_cmd)
+    app.command("export")(export_cmd)
