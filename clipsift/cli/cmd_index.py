@@ -82,8 +82,14 @@ def _run_add(idx, paths, stop, *, quiet: bool, **opts):
     if quiet:
         return idx.add(paths, stop=stop, **opts)
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from clipsift.sources import count_items
 

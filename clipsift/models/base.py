@@ -87,7 +87,8 @@ class ClipModel(ABC):
         feats = self._image_features(pixels.to(self.device))
         return l2_normalize(feats.float().cpu().numpy())
 
-    def encode_images(self, images: Sequence[Image.Image | str], batch_size: int = 64) -> np.ndarray:
+    def encode_images(self, images: Sequence[Image.Image | str], batch_size: int = 64
+                      ) -> np.ndarray:
         """Embed PIL images or image paths; returns float32 [N, D] with unit rows.
 
         Paths are opened with `clipsift.images.open_image` (EXIF, modes, bombs); a bad

@@ -154,7 +154,8 @@ def load_torchscript_weights(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             root = _RestrictedUnpickler(zf.read(data_pkl[0]), zf, prefix).load()
         except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as ex:
-            raise CheckpointError(f"refused to load TorchScript archive {str(path)!r}: {ex}") from ex
+            raise CheckpointError(
+                f"refused to load TorchScript archive {str(path)!r}: {ex}") from ex
     out: dict[str, torch.Tensor] = {}
     _collect(root, "", out)
     return out
