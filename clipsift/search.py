@@ -1,0 +1,215 @@
+"""Search queries: parsing, combining term embeddings, typed hits, image→text ranking.
+
+Query language (one string, as typed on the command line):
+
+    a dog running on grass          one text term
+    "beach" - "people"              beach, minus people
+    2:sunset + 0.5:"red sky"        weighted terms (weight before a colon)
+    image:query.jpg - "text"        an image file as a term (also `img:`)
+    id:42                           the stored vector of indexed item 42
+    text:"image: a caption"         force a text term
+
+`+` and `-` are operators only when surrounded by spaces or touching a quote, so
+"well-lit room" stays one term; text inside double quotes is never parsed. The query
+vector is the L2-normalised sum of sign x weight x (unit term vector), as rclip does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from clipsift.errors import UsageError
+
+TermKind = Literal["text", "image", "id"]
+_KINDS: dict[str, TermKind] = {"text": "text", "image": "image", "img": "image", "id": "id"}
+_WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*:\s*")
+_KIND = re.compile(r"^(text|image|img|id):", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: an indexed item.
+
+    Attributes:
+        id: the item's id in the index (stable; also its FAISS id).
+        path: the item's key (absolute path, or "shard.tar::member").
+        score: cosine similarity to the query vector (higher is closer).
+    """
+
+    id: int
+    path: str
+    score: float
+
+
+@dataclass(frozen=True)
+class CaptionHit:
+    """One image→text result: a caption from the list given by the user.
+
+    Attributes:
+        line: 1-based position of the caption in the list.
+        text: the caption.
+        score: cosine similarity between the image and the caption.
+    """
+
+    line: int
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a query: `weight` x the embedding of `value` (negative to subtract)."""
+
+    value: str
+    weight: float = 1.0
+    kind: TermKind = "text"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed query: terms combined by a weighted sum. Build with `parse_query`."""
+
+    terms: tuple[Term, ...] = field(default_factory=tuple)
+
+    def __str__(self) -> str:
+        parts = []
+        for t in self.terms:
+            sign = "-" if t.weight < 0 else "+"
+            prefix = "" if t.kind == "text" else f"{t.kind}:"
+            parts.append(f'{sign} {abs(t.weight):g}:{prefix}"{t.value}"')
+        return " ".join(parts).removeprefix("+ ")
+
+
+def _split_signed(text: str) -> list[tuple[int, str]]:
+    """Cut a query at top-level + and - operators -> [(sign, segment)]."""
+    segments: list[tuple[int, str]] = []
+    sign, buf, quoted = 1, "", False
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in "+-" and _is_operator(text[i + 1 :], buf):
+            if buf.strip():  # a binary operator closes the current term
+                segments.append((sign, buf))
+                sign = 1
+            sign = -sign if ch == "-" else sign
+            buf = ""
+            continue
+        buf += ch
+    if quoted:
+        raise UsageError(f"unbalanced double quote in query {text!r}")
+    if not buf.strip():
+        raise UsageError(f"query {text!r} ends with an operator or is empty; add a term")
+    segments.append((sign, buf))
+    return segments
+
+
+def _is_operator(rest: str, before: str) -> bool:
+    """+/- is an operator between spaces or quotes ("a - b", '"a"-"b"', '- 2:b')."""
+    before_ok = not before.strip() or before[-1] in ' "'
+    after_ok = not rest or rest[0] in ' "' or bool(_WEIGHT.match(rest))
+    return before_ok and after_ok
+
+
+def _parse_term(segment: str, sign: int) -> Term:
+    seg = segment.strip()
+    weight = 1.0
+    if m := _WEIGHT.match(seg):
+        weight = float(m.group(1))
+        seg = seg[m.end():].strip()
+    kind: TermKind = "text"
+    if m := _KIND.match(seg):
+        kind = _KINDS[m.group(1).lower()]
+        seg = seg[m.end():].strip()
+    value = " ".join(seg.replace('"', " ").split()) if kind == "text" else seg.strip('"').strip()
+    if not value:
+        raise UsageError(f"empty term {segment.strip()!r} in query")
+    if kind == "id" and not value.isdigit():
+        raise UsageError(f"id term needs a number (an item id from search results), got {value!r}")
+    return Term(value, sign * weight, kind)
+
+
+def parse_query(text: str) -> Query:
+    """Parse a query string (see the module docstring for the syntax).
+
+    Raises:
+        UsageError: empty query, unbalanced quote, empty term, or a bad `id:` value.
+
+    Example:
+        >>> parse_query('"beach" - "people"').terms
+        (Term(value='beach', weight=1.0, kind='text'), Term(value='people', weight=-1.0, ...))
+    """
+    if not text or not text.strip():
+        raise UsageError("empty query; give some text, e.g. 'a dog on a beach'")
+    return Query(tuple(_parse_term(seg, sign) for sign, seg in _split_signed(text)))
+
+
+def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of unit term vectors [T, D] -> unit query vector [D].
+
+    Raises:
+        UsageError: the terms cancel out (e.g. "a" - "a").
+    """
+    units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    total = (np.asarray(weights, np.float32)[:, None] * units).sum(axis=0)  # [D]
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise UsageError("the query terms cancel each other out; change a weight or a term")
+    return (total / norm).astype(np.float32)
+
+
+def query_vector(
+    query: Query,
+    encode_texts: Callable[[list[str]], np.ndarray],
+    encode_images: Callable[[list[str]], np.ndarray],
+    stored: Callable[[list[int]], np.ndarray],
+) -> np.ndarray:
+    """Embed each term with the matching encoder and combine them -> float32 [D].
+
+    Image terms are file paths (`~` expanded); id terms are item ids looked up by `stored`.
+    """
+    vecs: dict[int, np.ndarray] = {}
+    for kind, fn in (("text", encode_texts), ("image", encode_images)):
+        idx = [i for i, t in enumerate(query.terms) if t.kind == kind]
+        if idx:
+            values = [query.terms[i].value for i in idx]
+            out = fn([os.path.expanduser(v) for v in values] if kind == "image" else values)
+            vecs.update(zip(idx, out, strict=True))
+    ids = [i for i, t in enumerate(query.terms) if t.kind == "id"]
+    if ids:
+        vecs.update(zip(ids, stored([int(query.terms[i].value) for i in ids]), strict=True))
+    matrix = np.stack([vecs[i] for i in range(len(query.terms))]).astype(np.float32)
+    return combine(matrix, [t.weight for t in query.terms])
+
+
+def read_captions(path: str | Path) -> list[str]:
+    """Captions from a text file: one per line; blank lines and `#` comments skipped.
+
+    Raises:
+        UsageError: the file cannot be read or holds no caption.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as ex:
+        raise UsageError(f"cannot read captions file {path}: {ex}") from ex
+    captions = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not captions:
+        raise UsageError(f"captions file {path} has no captions (one per line expected)")
+    return captions
+
+
+def rank_captions(
+    image_vector: np.ndarray, caption_vectors: np.ndarray, captions: Sequence[str], k: int,
+    threshold: float | None = None,
+) -> list[CaptionHit]:
+    """Rank captions [N, D] against one image vector [D] -> best `k` as CaptionHits."""
+    scores = caption_vectors @ image_vector  # [N]
+    order = np.argsort(-scores, kind="stable")[:k]
+    hits = [CaptionHit(int(i) + 1, captions[int(i)], float(scores[i])) for i in order]
+    return [h for h in hits if threshold is None or h.score >= threshold]
