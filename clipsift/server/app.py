@@ -1,0 +1,199 @@
+"""The FastAPI app: `create_app(index_path, model, settings)`.
+
+    >>> from clipsift.server import create_app, ServerSettings
+    >>> app = create_app("photos.db", "mini", ServerSettings())
+    >>> # uvicorn.run(app, host="127.0.0.1", port=8000)   # what `clipsift serve` does
+
+Layers, outermost first: metrics, Host check (loopback names unless an API key is set),
+CORS (listed origins only), body limit (413), timeout (504), then FastAPI with the /v1
+router (API key checked on every route), /metrics, the web page at / and OpenAPI at /docs.
+Library errors become JSON `{"error", "detail"}` with a 4xx status, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clipsift import __version__
+from clipsift.errors import ClipsiftError, ImageError, UsageError
+from clipsift.server.batcher import Overloaded
+from clipsift.server.config import ServerSettings
+from clipsift.server.limits import BodyLimitMiddleware, TimeoutMiddleware
+from clipsift.server.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from clipsift.server.schemas import ErrorResponse
+from clipsift.server.security import (
+    ApiKeyCheck,
+    AuthError,
+    HostCheckMiddleware,
+    api_key_scheme,
+    default_allowed_hosts,
+)
+from clipsift.server.service import NotFound, PayloadTooLarge, Service
+
+if TYPE_CHECKING:
+    from clipsift.index import Index
+    from clipsift.models.base import ClipModel
+
+log = logging.getLogger("clipsift.server")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+_ERROR_RESPONSES: dict = {code: {"model": ErrorResponse} for code in
+                          (400, 401, 404, 413, 422, 503, 504)}
+
+
+def _open(index_path: str | os.PathLike | None, model: ClipModel | str | None
+          ) -> tuple[ClipModel, Index | None]:
+    """Load the model and open the index (read-only use; the model must match it)."""
+    from clipsift.models import load
+
+    if index_path is None:
+        loaded = model if model is not None and not isinstance(model, str) else load(model)
+        return loaded, None
+    from clipsift.index import Index
+
+    index = Index(index_path, model, create=False)
+    return index.model, index
+
+
+def create_app(index_path: str | os.PathLike | None, model: ClipModel | str | None = None,
+               settings: ServerSettings | None = None) -> FastAPI:
+    """Build the app over one index (or None: embed/classify only) and one model.
+
+    Args:
+        index_path: an index file or name; None serves without search.
+        model: a loaded ClipModel or a model name; None uses the index's recorded model
+            (or the default model without an index).
+        settings: limits and switches; defaults are safe (loopback, no CORS, no URL fetch).
+    Raises:
+        UsageError: no index at the path, or bad settings.
+        ModelMismatch: `model` is not the model the index was built with.
+    """
+    settings = settings or ServerSettings()
+    loaded, index = _open(index_path, model)
+    metrics = Metrics()
+    service = Service(loaded, index, settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        service.start()
+        yield
+        service.stop()  # the index stays open: the app may be started again (tests do)
+
+    app = FastAPI(
+        title="clipsift", version=__version__, lifespan=lifespan,
+        description="Search, embed and classify images with a CLIP-family model. "
+        "Safe by default: loopback only unless an API key is set; no URL fetching unless "
+        "enabled; every request validated and size-limited.",
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+    auth = ApiKeyCheck(settings.api_key)
+    _add_routes(app, auth, metrics)
+    _add_error_handlers(app)
+    _add_middleware(app, settings, metrics)
+    return app
+
+
+def _add_routes(app: FastAPI, auth: ApiKeyCheck, metrics: Metrics) -> None:
+    from clipsift.server.routes import router
+
+    deps = [Depends(api_key_scheme), Depends(auth)]
+    app.include_router(router, dependencies=deps, responses=_ERROR_RESPONSES)
+
+    @app.get("/metrics", include_in_schema=False, dependencies=deps)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+def _error(status: int, code: str, detail: str, headers: dict | None = None,
+           **extra: object) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status,
+                        headers=headers)
+
+
+_STATUS = (  # most specific first
+    (AuthError, 401, "unauthorized"),
+    (NotFound, 404, "not_found"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (ImageError, 422, "bad_image"),
+    (Overloaded, 503, "overloaded"),
+    (UsageError, 400, "bad_request"),
+    (ClipsiftError, 400, "bad_request"),
+)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def library_error(_request: Request, exc: Exception) -> JSONResponse:
+        for cls, status, code in _STATUS:
+            if isinstance(exc, cls):
+                headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+                if status == 503:
+                    headers = {"Retry-After": "1"}
+                return _error(status, code, str(exc), headers)
+        return _error(400, "bad_request", str(exc))
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))}
+                  for e in exc.errors()]  # type: ignore[attr-defined]
+        summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+        return _error(422, "invalid_request", summary or "invalid request", errors=errors)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 304:
+            return Response(status_code=304, headers=exc.headers)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), exc.headers)
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal", "internal server error; see the server log")
+
+    for cls in (AuthError, ClipsiftError):
+        app.add_exception_handler(cls, library_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def _add_middleware(app: FastAPI, settings: ServerSettings, metrics: Metrics) -> None:
+    # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+                           max_age=600)
+    hosts = settings.allowed_hosts
+    if hosts is None:
+        hosts = default_allowed_hosts(settings.api_key, settings.host)
+    if hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=hosts)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)

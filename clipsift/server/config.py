@@ -1,0 +1,104 @@
+"""Server settings: one frozen dataclass with every limit, checked when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipsift.errors import UsageError
+
+#: Hard caps baked into the request schemas (settings may lower them, never raise them).
+SCHEMA_MAX_K = 1000
+SCHEMA_MAX_TEXTS = 256
+SCHEMA_MAX_TEXT_CHARS = 4000
+SCHEMA_MAX_IMAGES = 64
+SCHEMA_MAX_LABELS = 1000
+SCHEMA_MAX_TEMPLATES = 100
+SCHEMA_MAX_CAPTIONS = 2000
+SCHEMA_MAX_QUERY_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and switches of one server (see `clipsift serve --help` for the CLI names).
+
+    Attributes:
+        host: the address the server binds (used to decide which Host headers to accept).
+        api_key: when set, every /v1 and /metrics request needs it (X-API-Key header or
+            `Authorization: Bearer KEY`); required to bind a non-loopback address.
+        cors_origins: origins allowed to call the API from a browser; empty = CORS off.
+            "*" is refused.
+        allowed_hosts: Host header names accepted; None = loopback names when there is no
+            API key (blocks DNS-rebinding), anything when a key is set.
+        allow_url_fetch: let JSON image inputs name an http(s) URL the server downloads.
+        allow_private_urls: let fetched URLs resolve to loopback/private addresses
+            (off: a fetch cannot reach services behind the server).
+        batching: micro-batch concurrent requests into one forward pass.
+        batch_window_ms: how long the first request of a batch waits for company.
+        max_batch: items per forward pass (texts, images or search queries).
+        max_queue: items waiting per batcher before new requests get 503.
+        request_timeout_s: a request not answered by then gets 504.
+        max_body_bytes: larger request bodies get 413.
+        max_image_bytes: larger single images get 413.
+        max_pixels: decompression-bomb cap (width x height) for uploaded images.
+        max_k: largest k for searches.
+        max_texts / max_images: largest batch a single embed request may carry.
+        max_prompts: labels x templates cap for one classification.
+        hide_paths: leave server file paths out of search results (names only).
+        url_fetch_timeout_s / url_fetch_max_bytes: limits of URL fetching.
+        thumbnail_cache: thumbnails kept in memory (LRU).
+        decode_concurrency: images decoded at once (bounds memory under load).
+        search_threads: FAISS (OpenMP) threads for index searches, process-wide; None keeps
+            FAISS's default (all cores). 1 avoids OpenMP oversubscription on a busy
+            machine; batched searches are efficient on one thread.
+    """
+
+    host: str = "127.0.0.1"
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] | None = None
+    allow_url_fetch: bool = False
+    allow_private_urls: bool = False
+    batching: bool = True
+    batch_window_ms: float = 5.0
+    max_batch: int = 64
+    max_queue: int = 4096
+    request_timeout_s: float = 30.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    max_k: int = 200
+    max_texts: int = 256
+    max_images: int = 32
+    max_prompts: int = 4096
+    hide_paths: bool = False
+    url_fetch_timeout_s: float = 10.0
+    url_fetch_max_bytes: int = 10 * 1024 * 1024
+    thumbnail_cache: int = 512
+    decode_concurrency: int = 4
+    search_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        from clipsift.server.security import check_bind
+
+        check_bind(self.host, self.api_key)  # the same rule for the CLI and for Python use
+        if self.api_key is not None and len(self.api_key) < 8:
+            raise UsageError("the API key must be at least 8 characters long")
+        if "*" in self.cors_origins:
+            raise UsageError("CORS origin '*' is refused: list the exact origins "
+                             "(e.g. --cors-origin https://app.example.com)")
+        for origin in self.cors_origins:
+            if not origin.startswith(("http://", "https://")) or origin.endswith("/"):
+                raise UsageError(f"bad CORS origin {origin!r}: give scheme://host[:port], "
+                                 "no trailing slash, e.g. http://localhost:3000")
+        positive = ("max_batch", "max_queue", "max_body_bytes", "max_image_bytes",
+                    "max_pixels", "max_k", "max_texts", "max_images", "max_prompts",
+                    "decode_concurrency")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.search_threads is not None and self.search_threads < 1:
+            raise UsageError(f"search_threads must be at least 1, got {self.search_threads}")
+        if self.batch_window_ms < 0 or self.request_timeout_s <= 0:
+            raise UsageError("batch_window_ms must be >= 0 and request_timeout_s > 0")
+        if self.max_k > SCHEMA_MAX_K:
+            raise UsageError(f"max_k is at most {SCHEMA_MAX_K}, got {self.max_k}")

@@ -1,0 +1,188 @@
+"""Request and response models of the HTTP API (pydantic); they are the OpenAPI schema.
+
+Every request body is validated against these before any handler runs: unknown fields,
+wrong types, out-of-range numbers and oversized lists get a 422 naming the field. The caps
+here are hard upper bounds; a server's `ServerSettings` may set lower ones (checked in the
+handlers, 400/413).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from clipsift.server.config import (
+    SCHEMA_MAX_CAPTIONS,
+    SCHEMA_MAX_IMAGES,
+    SCHEMA_MAX_K,
+    SCHEMA_MAX_LABELS,
+    SCHEMA_MAX_QUERY_CHARS,
+    SCHEMA_MAX_TEMPLATES,
+    SCHEMA_MAX_TEXT_CHARS,
+    SCHEMA_MAX_TEXTS,
+)
+
+
+def _clean_text(value: str) -> str:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates) or holds NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as ex:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from ex
+    if "\x00" in value:
+        raise ValueError("text contains a NUL character")
+    return value
+
+
+_Clean = AfterValidator(_clean_text)
+Text = Annotated[str, Field(min_length=1, max_length=SCHEMA_MAX_TEXT_CHARS), _Clean]
+Label = Annotated[str, Field(min_length=1, max_length=200), _Clean]
+Template = Annotated[str, Field(min_length=1, max_length=300), _Clean]
+QueryText = Annotated[str, Field(
+    min_length=1, max_length=SCHEMA_MAX_QUERY_CHARS,
+    description='Text, or the query language: "beach" - "people", 2:sunset, id:42.'), _Clean]
+K = Annotated[int, Field(ge=1, le=SCHEMA_MAX_K, description="How many results to return.")]
+Threshold = Annotated[float | None, Field(
+    ge=-1.0, le=1.0, description="Drop results whose cosine score is below this.")]
+TemplateSet = Literal["simple", "imagenet80"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- inputs -----------------------------------------------------------------------------
+class ImageInput(_Strict):
+    """An image given inline as base64 (optionally a data: URL), or as a URL to fetch
+    (only when the server runs with --allow-url-fetch)."""
+
+    data: str | None = Field(None, min_length=1, description="Base64 image bytes, or a "
+                             "data:image/...;base64,... URL.")
+    url: str | None = Field(None, min_length=1, max_length=2048,
+                            description="http(s) URL (needs --allow-url-fetch).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageInput:
+        if (self.data is None) == (self.url is None):
+            raise ValueError("give exactly one of 'data' (base64) or 'url'")
+        return self
+
+
+class EmbedTextsRequest(_Strict):
+    texts: list[Text] = Field(min_length=1, max_length=SCHEMA_MAX_TEXTS)
+
+
+class EmbedImagesRequest(_Strict):
+    images: list[ImageInput] = Field(min_length=1, max_length=SCHEMA_MAX_IMAGES)
+
+
+class ClassifyRequest(_Strict):
+    image: ImageInput
+    labels: list[Label] = Field(min_length=1, max_length=SCHEMA_MAX_LABELS)
+    templates: list[Template] | None = Field(
+        None, max_length=SCHEMA_MAX_TEMPLATES,
+        description="Prompt templates with one '{}' for the label (ensembled).")
+    template_set: TemplateSet | None = Field(None, description="A named template set.")
+    top_k: int | None = Field(None, ge=1, le=SCHEMA_MAX_LABELS)
+
+
+class TextSearchRequest(_Strict):
+    query: QueryText
+    k: K = 20
+    threshold: Threshold = None
+    plain: bool = Field(False, description="Treat the query as plain text (no operators).")
+
+
+class ImageSearchRequest(_Strict):
+    image: ImageInput
+    k: K = 20
+    threshold: Threshold = None
+
+
+class ItemSearchRequest(_Strict):
+    id: int = Field(ge=1, le=2**62, description="An item id from earlier results.")
+    k: K = 20
+    threshold: Threshold = None
+    include_self: bool = Field(False, description="Keep the item itself in the results.")
+
+
+class CaptionsRequest(_Strict):
+    image: ImageInput
+    captions: list[Text] = Field(min_length=1, max_length=SCHEMA_MAX_CAPTIONS)
+    k: K = 5
+    threshold: Threshold = None
+
+
+# ---- outputs ----------------------------------------------------------------------------
+class EmbeddingsResponse(BaseModel):
+    model: str
+    dim: int
+    embeddings: list[list[float]] = Field(description="One unit vector per input, in order.")
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    probability: float
+    score: float = Field(description="Cosine similarity between image and label prompt(s).")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    labels: list[LabelScoreOut]
+
+
+class HitOut(BaseModel):
+    id: int
+    name: str = Field(description="File name of the item.")
+    path: str | None = Field(None, description="Item key (absent with --hide-paths).")
+    score: float
+    thumbnail: str = Field(description="URL of the item's thumbnail.")
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    took_ms: float
+
+
+class CaptionHitOut(BaseModel):
+    line: int = Field(description="1-based position of the caption in the request.")
+    text: str
+    score: float
+
+
+class CaptionsResponse(BaseModel):
+    hits: list[CaptionHitOut]
+
+
+class ItemOut(BaseModel):
+    id: int
+    name: str
+    path: str | None = None
+    width: int | None = None
+    height: int | None = None
+    thumbnail: str
+
+
+class IndexOut(BaseModel):
+    items: int
+    model: str
+    dim: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    version: str
+    model: str
+    dim: int
+    index: IndexOut | None
+    batching: bool
+    auth: bool = Field(description="Whether requests need an API key.")
+    url_fetch: bool
+    max_k: int
+    max_upload_bytes: int
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="A short machine-readable code.")
+    detail: str = Field(description="What went wrong and how to fix it.")
