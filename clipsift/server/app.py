@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsift import __version__
@@ -96,7 +97,7 @@ def create_app(index_path: str | os.PathLike | None, model: ClipModel | str | No
         yield
         service.stop()  # the index stays open: the app may be started again (tests do)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs assets served from the package, not a CDN
         title="clipsift", version=__version__, lifespan=lifespan,
         description="Search, embed and classify images with a CLIP-family model. "
         "Safe by default: loopback only unless an API key is set; no URL fetching unless "
