@@ -35,6 +35,7 @@ from clipsift.vectorindex import AnnConfig, VectorIndex
 if TYPE_CHECKING:
     from PIL import Image
 
+    from clipsift.engines import Engine
     from clipsift.models.base import ClipModel
     from clipsift.sources import Item
 
@@ -187,9 +188,12 @@ class Index:
     def add(self, inputs: Sequence[str | os.PathLike], *, batch_size: int = 64,
             workers: int | None = None, recursive: bool = True,
             stop: threading.Event | None = None,
-            progress: Callable[[AddProgress], None] | None = None) -> AddSummary:
+            progress: Callable[[AddProgress], None] | None = None,
+            engine: Engine | None = None) -> AddSummary:
         """Bring the index up to date with `inputs` (files, folders, globs, tars, lists).
 
+        `engine` runs the decode/encode stages elsewhere (`clipsift.engines.make_engine`,
+        e.g. Ray); planning and the atomic batch writes stay in this process.
         Setting `stop` (e.g. from a Ctrl-C handler) ends the run after the current batch;
         committed work is kept and the summary says `interrupted`.
 
@@ -201,6 +205,7 @@ class Index:
         _check_inputs(texts)
         with writer_lock(self.path):
             run = _AddRun(self.store, self.model, stop or threading.Event(), progress)
+            run.engine = engine
             return run.execute(texts, batch_size=batch_size, workers=workers,
                                recursive=recursive)
 
@@ -345,6 +350,7 @@ class _AddRun:
         self.actions: list[Callable[[], int | None]] = []  # writes for the next transaction
         self.candidates: list[_Candidate] = []
         self.t0 = time.perf_counter()
+        self.engine: Engine | None = None
 
     def execute(self, inputs: list[str], *, batch_size: int, workers: int | None,
                 recursive: bool) -> AddSummary:
@@ -363,8 +369,11 @@ class _AddRun:
     def _embed(self, items: Iterator[Item], batch_size: int, workers: int | None) -> None:
         from clipsift.pipeline import embed_items
 
-        batches = embed_items(self.model, items, batch_size=batch_size, workers=workers,
-                              stop=self.stop)
+        if self.engine is not None:
+            batches = self.engine.embed(self.model, items, batch_size=batch_size, stop=self.stop)
+        else:
+            batches = embed_items(self.model, items, batch_size=batch_size, workers=workers,
+                                  stop=self.stop)
         try:
             for batch in batches:
                 self.write(batch)

@@ -11,6 +11,7 @@ from clipsift.cli.common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     WorkersOpt,
     load_model,
     printable,
@@ -36,6 +37,7 @@ def classify_cmd(
     device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = None,
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Label probabilities for each image (softmax over logit_scale x cosine)."""
     import json
@@ -45,7 +47,7 @@ def classify_cmd(
 
     label_list = parse_labels(labels, labels_file)
     prompts = resolve_templates(template, templates)
-    m = load_model(model, device)
+    m = load_model(model, device, precision)
     failed: list[tuple[str, str]] = []
     total = 0
     for res in iter_classify(m, paths, label_list, prompts, top_k=top, batch_size=batch_size,

@@ -11,6 +11,7 @@ from clipsift.cli.common import (
     DeviceOpt,
     JsonOpt,
     ModelOpt,
+    PrecisionOpt,
     WorkersOpt,
     load_model,
     printable,
@@ -29,6 +30,7 @@ def embed_cmd(
     device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = None,
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Embed images and texts into a Parquet file (kind, source, embedding)."""
     from clipsift.embed import embed_to_parquet
@@ -36,7 +38,7 @@ def embed_cmd(
 
     if not paths and not text:
         raise UsageError("nothing to embed: give image paths and/or --text")
-    m = load_model(model, device)
+    m = load_model(model, device, precision)
     s = embed_to_parquet(m, paths or [], text or [], output, batch_size=batch_size,
                          workers=workers)
     typer.echo(f"wrote {s.images} image and {s.texts} text embedding(s) (dim {m.dim}, "
@@ -52,13 +54,14 @@ def similarity_cmd(
     json_out: JsonOpt = False,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Print the cosine-similarity matrix between images (rows) and texts (columns)."""
     import json
 
     from clipsift.embed import similarity
 
-    m = load_model(model, device)
+    m = load_model(model, device, precision)
     res = similarity(m, images, texts)
     if json_out:
         for key, row in zip(res.images, res.cosine, strict=True):

@@ -6,7 +6,19 @@ from typing import Annotated
 
 import typer
 
-from clipsift.cli.common import BatchOpt, JsonOpt, ModelOpt, WorkersOpt, printable
+from clipsift.cli.common import (
+    BatchOpt,
+    EncodersOpt,
+    EngineOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    RayAddressOpt,
+    RayCpusOpt,
+    WorkersOpt,
+    make_engine_for,
+    printable,
+)
 
 IndexArg = Annotated[str, typer.Argument(
     help="Index file, or a bare name kept in $CLIPSIFT_INDEX_DIR "
@@ -25,6 +37,11 @@ def index_cmd(
                                             help="Walk sub-folders.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or "
                                         "summary.")] = False,
+    precision: PrecisionOpt = "fp32",
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_cpus: RayCpusOpt = None,
+    encoders: EncodersOpt = 1,
 ) -> None:
     """Add images to an index (incremental: only new or changed files are embedded).
 
@@ -37,12 +54,14 @@ def index_cmd(
     from clipsift.index import Index, resolve_index_path
 
     path = resolve_index_path(index)
-    idx = Index(path, _model_for(path, model))
+    idx = Index(path, _model_for(path, model, precision))
     stop = threading.Event()
     previous = _install_sigint(stop)
     try:
-        summary = _run_add(idx, paths, stop, quiet=quiet, batch_size=batch_size,
-                           workers=workers, recursive=recursive)
+        with make_engine_for(engine, workers, ray_address, ray_cpus, encoders) as eng:
+            summary = _run_add(idx, paths, stop, quiet=quiet, batch_size=batch_size,
+                               workers=workers, recursive=recursive,
+                               engine=None if engine == "local" else eng)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -53,13 +72,21 @@ def index_cmd(
         raise typer.Exit(130)
 
 
-def _model_for(path, name: str | None):
+def _model_for(path, name: str | None, precision: str = "fp32"):
     """The model to open `path` with: the named one, the recorded one, or the default."""
     from clipsift.cli.common import load_model
 
-    if path.exists():
+    if path.exists() and precision == "fp32":
         return name  # None: use the model the index records; a name: checked against it
-    return load_model(name)
+    if path.exists() and name is None:  # the recorded model, at another precision
+        from clipsift.store import Store
+
+        store = Store.open(path)
+        try:
+            name = store.meta.model
+        finally:
+            store.close()
+    return load_model(name, precision=precision)
 
 
 def _install_sigint(stop):

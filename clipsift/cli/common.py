@@ -15,14 +15,28 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per f
 WorkersOpt = Annotated[int | None, typer.Option(
     "--workers", min=0, help="Decode worker processes (0 = decode in-process; default: auto).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="local (processes on this machine) or ray (Ray Data; local Ray or "
+    "--ray-address).")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="Join this Ray cluster ('auto', 'ray://head:10001') instead of "
+    "starting a local Ray.")]
+RayCpusOpt = Annotated[int | None, typer.Option(
+    "--ray-cpus", min=1, help="CPUs of the local Ray (default: all).")]
+EncodersOpt = Annotated[int, typer.Option(
+    "--encoders", min=1, help="Ray encoder actors (copies of the model) running at once.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="fp32 (reference), int8 (CPU: image tower in ONNX Runtime, ~2x "
+    "faster), bf16 (CUDA, or CPUs with AVX512-BF16/AMX) or fp16 (CUDA).",
+    envvar="CLIPSIFT_PRECISION")]
 
 
-def load_model(name: str | None, device: str = "cpu"):
+def load_model(name: str | None, device: str = "cpu", precision: str = "fp32"):
     """Load a model for a command; print the fallback notice (if any) on stderr."""
     from clipsift.cli.output import notice
     from clipsift.models import load
 
-    model = load(name, device=device)
+    model = load(name, device=device, precision=precision)
     if model.notice:
         notice(model.notice)
     return model
@@ -43,3 +57,11 @@ def report_failures(failed: list[tuple[str, str]], total: int) -> int:
 def printable(text: str) -> str:
     """File names may hold undecodable bytes; show them escaped, never crash on print."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def make_engine_for(name: str, workers, ray_address, ray_cpus, encoders):
+    """The execution engine for a bulk command's --engine options."""
+    from clipsift.engines import make_engine
+
+    return make_engine(name, workers=workers, ray_address=ray_address, ray_cpus=ray_cpus,
+                       encoders=encoders)

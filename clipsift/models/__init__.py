@@ -28,7 +28,8 @@ def mini_available() -> bool:
     return (MINI_DIR / "model.safetensors").is_file()
 
 
-def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True) -> ClipModel:
+def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True,
+         precision: str = "fp32") -> ClipModel:
     """Load a CLIP-family model by name (see the module docstring for the forms).
 
     Args:
@@ -36,11 +37,15 @@ def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True)
         device: "cpu", "cuda", "cuda:1" or "auto".
         fallback: when `name` is None and the default model is not available (offline,
             no cache), load the bundled `mini` model instead and set `model.notice`.
+        precision: "fp32" (reference), "int8" (CPU: image tower in ONNX Runtime with int8
+            weights), "bf16" (autocast; CUDA or CPUs with AVX512-BF16/AMX) or "fp16"
+            (CUDA autocast). Recorded in `model.precision` and `model.info`.
     Returns:
         A ClipModel; `model.notice` is a one-line message when a fallback happened.
     Raises:
         ModelNotAvailable: weights are not on this machine and cannot be downloaded.
         UnknownModel: the name matches no known form, architecture or tag.
+        UsageError: the precision is unknown or does not fit the device.
         CheckpointError: a file exists but cannot be loaded safely or does not fit.
 
     Example:
@@ -48,21 +53,24 @@ def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True)
         >>> m.encode_texts(["a dog"]).shape == (1, m.dim)
         True
     """
+    from clipsift.models.precision import apply_precision, check_precision
+
     dev = _device(device)
-    if name is None:
-        try:
-            model = _load_name(DEFAULT_MODEL, dev)
-        except ModelNotAvailable as ex:
-            if not (fallback and mini_available()):
-                raise
-            model = _load_name("mini", dev)
-            model.notice = (
-                f"note: {DEFAULT_MODEL} is not available here ({ex.reason}); using the bundled "
-                "offline model 'mini'. For full quality, run once with network access or pass "
-                "--model ARCH:/path/to/weights."
-            )
-        return model
-    return _load_name(name.strip(), dev)
+    check_precision(precision, dev)  # fail before loading weights
+    if name is not None:
+        return apply_precision(_load_name(name.strip(), dev), precision)
+    try:
+        model = _load_name(DEFAULT_MODEL, dev)
+    except ModelNotAvailable as ex:
+        if not (fallback and mini_available()):
+            raise
+        model = _load_name("mini", dev)
+        model.notice = (
+            f"note: {DEFAULT_MODEL} is not available here ({ex.reason}); using the bundled "
+            "offline model 'mini'. For full quality, run once with network access or pass "
+            "--model ARCH:/path/to/weights."
+        )
+    return apply_precision(model, precision)
 
 
 def _device(device: str) -> str:

@@ -27,6 +27,7 @@ class ModelInfo:
     image_size: int
     context_length: int
     logit_scale: float
+    precision: str = "fp32"
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -53,6 +54,9 @@ class ClipModel(ABC):
     preprocess: Preprocess
     device: torch.device
     notice: str | None = None  # set by load() when it fell back to another model
+    precision: str = "fp32"  # set by clipsift.models.precision.apply_precision
+    #: replaces `_image_features` when set (the int8 ONNX Runtime tower)
+    image_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # ---- backend hooks -------------------------------------------------------------------
     @abstractmethod
@@ -76,15 +80,25 @@ class ClipModel(ABC):
     def info(self) -> ModelInfo:
         return ModelInfo(
             self.name, self.backend, self.dim, self.image_size, self.context_length,
-            float(self.logit_scale),
+            float(self.logit_scale), self.precision,
         )
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Embed an already-preprocessed batch [N, 3, H, W]; returns float32 [N, D], unit rows."""
+        """Embed an already-preprocessed batch [N, 3, H, W]; returns float32 [N, D], unit rows.
+
+        Runs at the model's precision (`load(..., precision=)`); the result is float32 always.
+        """
+        from clipsift.models.precision import autocast_context
+
         if pixels.ndim != 4:
             raise ValueError(f"expected a batch [N, 3, H, W], got shape {tuple(pixels.shape)}")
-        feats = self._image_features(pixels.to(self.device))
+        if self.image_runner is not None:
+            feats = self.image_runner(pixels)
+        else:
+            pixels = pixels.to(self.device, non_blocking=pixels.is_pinned())
+            with autocast_context(self):
+                feats = self._image_features(pixels)  # [N, D]
         return l2_normalize(feats.float().cpu().numpy())
 
     def encode_images(self, images: Sequence[Image.Image | str], batch_size: int = 64
@@ -112,8 +126,11 @@ class ClipModel(ABC):
         """Embed texts; returns float32 [N, D] with unit rows.
 
         A text longer than the context length is split into chunks that fit; the chunk
-        embeddings are averaged and renormalised, so nothing is silently cut off.
+        embeddings are averaged and renormalised, so nothing is silently cut off. Texts are
+        batched by length, so backends that trim padding do little wasted work.
         """
+        from clipsift.models.precision import autocast_context
+
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
@@ -126,11 +143,13 @@ class ClipModel(ABC):
                 parts = self.split_tokens(text, max_tokens) or [text]
             pieces.extend(parts)
             owner.extend([i] * len(parts))
-        feats = []
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k]))
+        piece_emb = np.zeros((len(pieces), self.dim), np.float32)  # [P, D]
         for start in range(0, len(pieces), batch_size):
-            f = self._text_features(pieces[start : start + batch_size]).float().cpu().numpy()
-            feats.append(l2_normalize(f))
-        piece_emb = np.concatenate(feats)  # [P, D]
+            rows = order[start : start + batch_size]
+            with autocast_context(self):
+                f = self._text_features([pieces[k] for k in rows])
+            piece_emb[rows] = l2_normalize(f.float().cpu().numpy())
         if len(pieces) == len(texts):
             return piece_emb
         summed = np.zeros((len(texts), self.dim), np.float32)

@@ -44,6 +44,7 @@ class OpenClipModel(ClipModel):
         self.context_length = int(getattr(tokenizer, "context_length", 77))
         self.image_size = int(preprocess_cfg.image_size)
         self.logit_scale = float(module.logit_scale.detach().exp().item())
+        self.trim_pool = trimmable_pool_type(self.module)
         self.dim = self._probe_dim()
 
     def _probe_dim(self) -> int:
@@ -56,7 +57,9 @@ class OpenClipModel(ClipModel):
 
     def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(self.device)  # [N, context_length]
-        return self.module.encode_text(tokens)
+        if self.trim_pool is None:
+            return self.module.encode_text(tokens)
+        return encode_text_trimmed(self.module, tokens, self.trim_pool)
 
     def _content_ids(self, text: str) -> list[int]:
         tok = self.tokenizer
@@ -72,6 +75,78 @@ class OpenClipModel(ClipModel):
 
     def split_tokens(self, text: str, max_tokens: int) -> list[str]:
         return split_to_fit(text, max_tokens, self.count_tokens)
+
+
+def trimmable_pool_type(module: torch.nn.Module) -> str | None:
+    """The text pool type when padding after the pooled token provably cannot change the
+    text features, else None (then the full context is always encoded).
+
+    That holds for open_clip's `CLIP` class whose text transformer is standard blocks (only
+    attention mixes positions) under the causal mask, pooled from the end-of-text token
+    ("argmax", "eos") or the first token: no position before the pooled one attends to a
+    later one. CustomTextCLIP (HF text towers), other masks and "last"/"none" pooling are
+    left alone.
+    """
+    import open_clip
+    from open_clip.transformer import (
+        CustomResidualAttentionBlock,
+        ResidualAttentionBlock,
+        Transformer,
+    )
+
+    pool = getattr(module, "text_pool_type", None)
+    mask = getattr(module, "attn_mask", None)
+    blocks = getattr(getattr(module, "transformer", None), "resblocks", [])
+    if type(module) is not open_clip.CLIP or pool not in ("argmax", "eos", "first"):
+        return None
+    if type(module.transformer) is not Transformer or not isinstance(mask, torch.Tensor):
+        return None
+    if any(type(b) not in (ResidualAttentionBlock, CustomResidualAttentionBlock) for b in blocks):
+        return None
+    n = module.positional_embedding.shape[0]
+    causal = torch.full((n, n), float("-inf"), device=mask.device).triu_(1)
+    if mask.shape != (n, n) or not torch.equal(mask.float(), causal):
+        return None
+    if pool == "eos" and getattr(module, "text_eos_id", None) is None:
+        return None
+    return pool
+
+
+def _pooled_positions(tokens: torch.Tensor, pool: str, eos_id: int | None) -> torch.Tensor:
+    """Index of the pooled token per row, as open_clip's `text_global_pool` picks it."""
+    if pool == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool == "eos":
+        return (tokens == eos_id).int().argmax(dim=-1)
+    return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+
+
+def encode_text_trimmed(module: torch.nn.Module, tokens: torch.Tensor, pool: str) -> torch.Tensor:
+    """open_clip `CLIP.encode_text`, run only up to the last pooled token of the batch.
+
+    Valid when `trimmable_pool_type(module) == pool`: under the causal mask the features at
+    positions <= p never see positions > p, so dropping the tail gives the same output.
+
+    Args:
+        tokens: [N, context_length] token ids.
+    Returns:
+        [N, D] unnormalised text features.
+    """
+    from open_clip.transformer import text_global_pool
+
+    eos_id = getattr(module, "text_eos_id", None)
+    length = int(_pooled_positions(tokens, pool, eos_id).max().item()) + 1
+    tokens = tokens[:, :length]  # [N, L]: the pooled positions (first max) do not move
+    cast = module.transformer.get_cast_dtype()
+    x = module.token_embedding(tokens).to(cast)  # [N, L, width]
+    x = x + module.positional_embedding[:length].to(cast)
+    x = module.transformer(x, attn_mask=module.attn_mask[:length, :length])
+    x = module.ln_final(x)  # [N, L, width]
+    x = text_global_pool(x, tokens, pool, eos_token_id=eos_id)  # [N, width]
+    proj = module.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj  # [N, D]
 
 
 def preprocess_cfg_from_module(module: torch.nn.Module, **overrides: Any) -> PreprocessConfig:

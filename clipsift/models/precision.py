@@ -1,0 +1,230 @@
+"""Numeric precision of a loaded model: the fp32 reference, autocast, and an int8 CPU path.
+
+`clipsift.load(name, precision=...)` calls `apply_precision` on the loaded model:
+
+    fp32   the reference path: plain float32 torch on CPU or GPU.
+    bf16   torch autocast to bfloat16. On CUDA, and on CPUs with native bf16 units
+           (AVX512-BF16 or AMX); elsewhere it is emulated and slower than fp32, and the
+           model's `notice` says so.
+    fp16   torch autocast to float16, for CUDA only.
+    int8   the image tower runs in ONNX Runtime with int8 weights and dynamically
+           quantized activations (VNNI/AVX2 integer kernels); CPU only. The text tower stays
+           fp32 torch (it is cheap once padding is trimmed). The exported and quantized
+           tower is cached under `$CLIPSIFT_CACHE/onnx/`, keyed by the weights, so only the
+           first load of a model pays for the export (seconds to a minute).
+
+Embeddings always come back as float32 and L2-normalised, whatever the precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from clipsift.errors import UsageError
+
+if TYPE_CHECKING:
+    from clipsift.models.base import ClipModel
+
+#: Accepted precision names, reference first.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: Bumped when the export or quantization recipe changes (invalidates the cache).
+_RECIPE = "ort-dyn-int8-v1"
+
+
+def check_precision(precision: str, device: torch.device | str) -> str:
+    """Validate `precision` for `device`; returns it lower-cased.
+
+    Raises:
+        UsageError: unknown name, or a combination that cannot run (int8 on a GPU,
+            fp16 on a CPU), with the valid choices in the message.
+    """
+    p = precision.strip().lower()
+    dev = torch.device(device)
+    if p not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if p == "int8" and dev.type != "cpu":
+        raise UsageError(f"precision int8 runs on the CPU (ONNX Runtime), not on {dev}; "
+                         "on a GPU use fp16 or bf16")
+    if p == "fp16" and dev.type == "cpu":
+        raise UsageError("precision fp16 is for CUDA devices; on the CPU use int8 (fastest), "
+                         "fp32, or bf16 on CPUs with AVX512-BF16/AMX")
+    return p
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of this machine (from /proc/cpuinfo; empty when unknown)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has VNNI int8 dot products (AVX512-VNNI or AVX-VNNI).
+
+    Without VNNI, ONNX Runtime's AVX2 int8 kernels add pairs of u8 x s8 products in int16,
+    which can saturate with full-range weights; 7-bit weights (`reduce_range`) avoid that
+    (measured on ViT-B-32: cosine to fp32 0.9996 instead of 0.982).
+    """
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
+def autocast_context(model: ClipModel) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context `model` runs its towers in (a no-op for fp32 and int8)."""
+    dtype = _AUTOCAST.get(getattr(model, "precision", "fp32"))
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.device.type, dtype=dtype)
+
+
+def apply_precision(model: ClipModel, precision: str) -> ClipModel:
+    """Switch a freshly loaded model to `precision` (in place); returns the model.
+
+    Args:
+        model: a model from `clipsift.load` at fp32.
+        precision: one of `PRECISIONS`.
+    Raises:
+        UsageError: the precision does not fit the device or the backend.
+
+    Example:
+        >>> m = apply_precision(clipsift.load("mini"), "int8")
+        >>> m.precision
+        'int8'
+    """
+    p = check_precision(precision, model.device)
+    if p == "fp32":
+        return model
+    if p == "int8":
+        model.image_runner = OnnxImageTower.build(model)
+    elif p == "bf16" and model.device.type == "cpu" and not cpu_has_native_bf16():
+        slow = ("note: this CPU has no native bfloat16 (AVX512-BF16/AMX), so bf16 is emulated "
+                "and usually slower than fp32; precision int8 is the fast CPU path")
+        model.notice = f"{model.notice}\n{slow}" if model.notice else slow
+    model.precision = p
+    return model
+
+
+class _TowerModule(torch.nn.Module):
+    """Wraps a backend's image features as a module whose parameters export with it."""
+
+    def __init__(self, model: ClipModel) -> None:
+        super().__init__()
+        owner = getattr(model, "module", None)
+        if not isinstance(owner, torch.nn.Module):
+            raise UsageError(f"precision int8 needs a torch model; {model.name!r} "
+                             f"({model.backend}) has none")
+        self.owner = owner
+        self._features = model._image_features
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._features(pixels)  # [N, 3, H, W] -> [N, D]
+
+
+@dataclass
+class OnnxImageTower:
+    """The image tower as an ONNX Runtime session with int8 weights.
+
+    Calling it maps a float32 batch [N, 3, H, W] to float32 features [N, D] (unnormalised),
+    like `ClipModel._image_features`.
+
+    Attributes:
+        path: the quantized ONNX file (in the cache).
+        session: the onnxruntime InferenceSession.
+    """
+
+    path: Path
+    session: Any
+
+    @classmethod
+    def build(cls, model: ClipModel, threads: int | None = None) -> OnnxImageTower:
+        """Export + quantize `model`'s image tower (or reuse the cached file); open a session."""
+        try:
+            import onnxruntime as ort
+        except ImportError as ex:  # pragma: no cover - a declared dependency
+            raise UsageError("precision int8 needs onnxruntime: pip install onnxruntime") from ex
+        tower = _TowerModule(model).eval()
+        path = _cache_dir() / f"{_fingerprint(model, tower)}.int8.onnx"
+        if not path.is_file():
+            _export_int8(tower, model.image_size, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return cls(path, session)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.detach().to("cpu", torch.float32).contiguous().numpy()
+        (out,) = self.session.run(None, {"pixels": x})
+        return torch.from_numpy(out)  # [N, D]
+
+
+def _cache_dir() -> Path:
+    from clipsift.models.resolve import cache_dir
+
+    folder = cache_dir() / "onnx"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError:  # read-only home: keep the export for this machine's session only
+        folder = Path(tempfile.gettempdir()) / "clipsift-onnx"
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _fingerprint(model: ClipModel, tower: torch.nn.Module) -> str:
+    """A key for the exported file: the image-tower weights, sizes and library versions."""
+    import onnxruntime
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{_RECIPE}|vnni={cpu_has_vnni()}|{model.image_size}|{torch.__version__}|{onnxruntime.__version__}|"
+             f"{type(tower.owner).__qualname__}".encode())
+    with torch.no_grad():
+        for name, tensor in sorted(tower.owner.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _export_int8(tower: torch.nn.Module, image_size: int, target: Path) -> None:
+    """Export `tower` to ONNX (fp32) and write its int8 dynamic quantization to `target`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    example = torch.zeros(2, 3, image_size, image_size)
+    with tempfile.TemporaryDirectory(prefix="clipsift-export-") as tmp:
+        fp32 = Path(tmp) / "tower.onnx"
+        # Grad mode on: torch's fused attention fast path (no-grad only) has no ONNX form.
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+            warnings.simplefilter("ignore")  # tracer/deprecation chatter; the library is quiet
+            try:
+                torch.onnx.export(
+                    tower.to("cpu"), (example,), str(fp32), input_names=["pixels"],
+                    output_names=["features"], opset_version=17, dynamo=False,
+                    dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                )
+            except Exception as ex:  # an exporter failure is this model's limitation
+                first = (str(ex).strip().splitlines() or [""])[0][:300]
+                raise UsageError(f"precision int8: cannot export this image tower to ONNX "
+                                 f"({type(ex).__name__}: {first}); use fp32") from None
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")
+        quantize_dynamic(str(fp32), str(part), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=not cpu_has_vnni())
+        part.replace(target)  # atomic: concurrent loads never see half a file
