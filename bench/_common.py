@@ -128,12 +128,24 @@ def make_large(photos: Sequence[Path], dest: Path, count: int) -> list[Path]:
 
 
 def link_subset(paths: Sequence[Path], dest: Path) -> Path:
-    """A folder of symlinks to `paths` (for runs on a subset of the files)."""
+    """A folder of hard links to `paths` (for runs on a subset of the files).
+
+    Hard links, not symlinks: clipsift (like rclip) skips symlinked files found while
+    walking a folder unless asked to follow them, so a symlink subset would be empty.
+    """
+    import os
+    import shutil
+
     dest.mkdir(parents=True, exist_ok=True)
     for p in paths:
         link = dest / p.name
+        if link.is_symlink():
+            link.unlink()
         if not link.exists():
-            link.symlink_to(p)
+            try:
+                os.link(p, link)
+            except OSError:  # another filesystem
+                shutil.copyfile(p, link)
     return dest
 
 

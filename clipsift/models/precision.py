@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 import warnings
@@ -225,6 +226,10 @@ def _export_int8(tower: torch.nn.Module, image_size: int, target: Path) -> None:
                 raise UsageError(f"precision int8: cannot export this image tower to ONNX "
                                  f"({type(ex).__name__}: {first}); use fp32") from None
         part = target.with_name(f"{target.name}.{os.getpid()}.part")
-        quantize_dynamic(str(fp32), str(part), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=not cpu_has_vnni())
+        logging.disable(logging.WARNING)  # the quantizer advises on the root logger
+        try:
+            quantize_dynamic(str(fp32), str(part), weight_type=QuantType.QInt8,
+                             per_channel=True, reduce_range=not cpu_has_vnni())
+        finally:
+            logging.disable(logging.NOTSET)
         part.replace(target)  # atomic: concurrent loads never see half a file
