@@ -334,6 +334,7 @@ def unique_cmd(
         "--output", "-o", help="Write the full ranking as Parquet.")] = None,
     index: IndexOpt = None, model: ModelOpt = None, device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None, encoders: EncodersOpt = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Rank images by how unusual they are: mean distance to their k nearest neighbours."""
@@ -342,7 +343,7 @@ def unique_cmd(
     from clipsift.dedup import uniqueness, write_unique_parquet
 
     coll = _collection(sources, index, model, device, batch_size, engine,
-                       (workers, None, None, 1))
+                       (workers, ray_address, ray_cpus, encoders))
     result = uniqueness(coll, k)
     if output:
         write_unique_parquet(result, coll, output)
