@@ -16,6 +16,7 @@ from clipsift.cli.common import (
     RayAddressOpt,
     RayCpusOpt,
     WorkersOpt,
+    install_sigint,
     make_engine_for,
     printable,
 )
@@ -56,22 +57,6 @@ def _model(name: str | None, device: str, index: str | None):
         with Index(index, create=False) as idx:
             return load_model(idx.store.meta.model, device)
     return load_model(name, device)
-
-
-def _install_sigint(stop):
-    """First Ctrl-C sets `stop` (finish the batch, keep work); a second one interrupts."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    return signal.signal(signal.SIGINT, handler)
 
 
 def _progress_bar(total: int | None, quiet: bool):
@@ -212,7 +197,7 @@ def _run(model, rule, output, inputs, index, place, engine, batch_size, fresh, q
         total = _total(inputs, index)
     bar, update = _progress_bar(total, quiet)
     stop = threading.Event()
-    previous = _install_sigint(stop)
+    previous = install_sigint(stop)
     try:
         if bar is not None:
             bar.start()

@@ -16,6 +16,7 @@ from clipsift.cli.common import (
     RayAddressOpt,
     RayCpusOpt,
     WorkersOpt,
+    install_sigint,
     make_engine_for,
     printable,
 )
@@ -56,7 +57,7 @@ def index_cmd(
     path = resolve_index_path(index)
     idx = Index(path, _model_for(path, model, precision))
     stop = threading.Event()
-    previous = _install_sigint(stop)
+    previous = install_sigint(stop)
     try:
         with make_engine_for(engine, workers, ray_address, ray_cpus, encoders) as eng:
             summary = _run_add(idx, paths, stop, quiet=quiet, batch_size=batch_size,
@@ -87,22 +88,6 @@ def _model_for(path, name: str | None, precision: str = "fp32"):
         finally:
             store.close()
     return load_model(name, precision=precision)
-
-
-def _install_sigint(stop):
-    """First Ctrl-C sets `stop` (finish the batch, keep work); a second one interrupts."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    return signal.signal(signal.SIGINT, handler)
 
 
 def _run_add(idx, paths, stop, *, quiet: bool, **opts):

@@ -65,3 +65,19 @@ def make_engine_for(name: str, workers, ray_address, ray_cpus, encoders):
 
     return make_engine(name, workers=workers, ray_address=ray_address, ray_cpus=ray_cpus,
                        encoders=encoders)
+
+
+def install_sigint(stop):
+    """First Ctrl-C sets `stop` (finish the batch, keep work); a second one interrupts."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    return signal.signal(signal.SIGINT, handler)
