@@ -106,6 +106,40 @@ def test_upload_image_finds_it(browser, server, photos):
     assert browser.find_element("id", "query-pill").is_displayed()
 
 
+_DISPATCH = """
+const [kind, itemId, name, done] = arguments;
+fetch(`/v1/thumbnail/${itemId}`).then((r) => r.blob()).then((blob) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], name, {type: blob.type}));
+  if (kind === "drop") {
+    window.dispatchEvent(new DragEvent("dragenter", {dataTransfer: transfer, bubbles: true}));
+    const shown = !document.getElementById("drop-overlay").hidden;
+    window.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true,
+                                                cancelable: true}));
+    done(shown);
+  } else {
+    window.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true,
+                                                      cancelable: true}));
+    done(true);
+  }
+}).catch((e) => done(String(e)));
+"""
+
+
+@pytest.mark.parametrize("kind", ["drop", "paste"])
+def test_drop_or_paste_an_image_searches_by_it(browser, server, kind):
+    """Real DragEvent/ClipboardEvent carrying an image File (bytes of an indexed item's
+    thumbnail): the page searches by it and shows the results."""
+    open_page(browser, server)
+    browser.set_script_timeout(WAIT)
+    shown = browser.execute_async_script(_DISPATCH, kind, 1, f"by-{kind}.jpg")
+    assert shown is True, shown  # the drop overlay appeared on dragenter
+    wait(browser, lambda d: f"like by-{kind}.jpg" in status(d) and loaded_images(d),
+         f"no results for the image given by {kind}")
+    assert browser.find_element("id", "drop-overlay").get_attribute("hidden") is not None
+    assert browser.find_element("id", "query-pill").is_displayed()
+
+
 def test_bad_upload_shows_an_error(browser, server, tmp_path):
     open_page(browser, server)
     bad = tmp_path / "holiday.jpg"
