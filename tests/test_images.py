@@ -6,7 +6,6 @@ import io
 import os
 import random
 import struct
-import tarfile
 import time
 import warnings
 import zlib
@@ -25,29 +24,10 @@ from clipsift.images import (
     open_image,
     to_rgb,
 )
-
-SAMPLES_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples.tar"
-if not SAMPLES_TAR.exists():
-    SAMPLES_TAR = Path("/work/shared/data/imagenet-samples.tar")
+from tests.conftest import extract_photos
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
-
-
-def real_photos(dest: Path, n: int) -> list[Path]:
-    """Extract the first `n` ImageNet sample JPEGs into `dest` (skip the test if missing)."""
-    if not SAMPLES_TAR.exists():
-        pytest.skip("shared/data/imagenet-samples.tar not available")
-    out = []
-    with tarfile.open(SAMPLES_TAR) as tf:
-        for member in tf:
-            if member.isfile() and member.name.endswith(".JPEG"):
-                path = dest / Path(member.name).name
-                path.write_bytes(tf.extractfile(member).read())
-                out.append(path)
-                if len(out) == n:
-                    break
-    return out
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -279,7 +259,7 @@ def test_zero_byte_file(tmp_path: Path) -> None:
 
 
 def test_truncated_jpeg_raises(tmp_path: Path) -> None:
-    photo = real_photos(tmp_path, 1)[0]
+    photo = extract_photos(tmp_path, 1)[0]
     data = photo.read_bytes()
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) // 2])
@@ -319,7 +299,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_corrupt_files_never_raise_raw_exceptions(tmp_path: Path) -> None:
-    photo = real_photos(tmp_path, 1)[0].read_bytes()
+    photo = extract_photos(tmp_path, 1)[0].read_bytes()
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, "PNG")
     rng = random.Random(0)
@@ -373,7 +353,7 @@ def test_jpeg_draft_decodes_reduced_but_not_below_target(tmp_path: Path) -> None
 
 
 def test_real_photos_open(tmp_path: Path) -> None:
-    for path in real_photos(tmp_path, 5):
+    for path in extract_photos(tmp_path, 5):
         full = image_size_of(path)
         decoded = decode_image(path, target_size=224)
         assert decoded.image.mode == "RGB"

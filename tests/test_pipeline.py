@@ -25,26 +25,7 @@ from clipsift.pipeline import (
     embed_paths,
 )
 from clipsift.sources import Item, iter_items
-
-SAMPLES_TAR = Path("/work/shared/data/imagenet-samples.tar")
-_local = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples.tar"
-if _local.exists():
-    SAMPLES_TAR = _local
-
-
-def _extract_photos(dest: Path, n: int) -> list[Path]:
-    out: list[Path] = []
-    if not SAMPLES_TAR.exists():
-        return out
-    with tarfile.open(SAMPLES_TAR) as tf:
-        for member in tf:
-            if member.isfile() and member.name.endswith(".JPEG"):
-                path = dest / Path(member.name).name
-                path.write_bytes(tf.extractfile(member).read())
-                out.append(path)
-                if len(out) == n:
-                    break
-    return out
+from tests.conftest import extract_photos
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +42,7 @@ def corpus(tmp_path_factory) -> Path:
         w, h = int(rng.integers(16, 90)), int(rng.integers(16, 90))
         arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         Image.fromarray(arr).save(root / f"img{i:02d}.{('png', 'jpg', 'webp')[i % 3]}")
-    _extract_photos(root, 6)
+    extract_photos(root, 6)
     return root
 
 
@@ -224,7 +205,7 @@ def test_worker_crash_is_isolated_to_its_item(corpus: Path, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_workers_overlap_decode_with_slow_encoder(tmp_path: Path) -> None:
     """With a slow encoder, decode workers beat in-process decoding (200 real photos)."""
-    photos = _extract_photos(tmp_path, 200)
+    photos = extract_photos(tmp_path, 200)
     if len(photos) < 200:
         pytest.skip("imagenet-samples.tar not available")
 
