@@ -242,12 +242,15 @@ def test_bad_image_is_skipped_and_counted(shapes_dir, tiny_json, tmp_path):
 def test_cli_train_command(shapes_dir, tiny_json, tmp_path):
     from clipsift.cli.main import main
 
-    out = tmp_path / "cli"
+    out, backgrounds = tmp_path / "cli", tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    Image.new("RGB", (64, 48), (20, 200, 40)).save(backgrounds / "grass.jpg")
     code = main(["train", "--data", str(shapes_dir), "--model", str(tiny_json), "--output",
                  str(out), "--epochs", "1", "--batch-size", "16", "--workers", "0",
-                 "--threads", "1"])
+                 "--threads", "1", "--backgrounds", str(backgrounds)])
     assert code == 0
     assert (out / "clipsift_model.json").is_file()
+
     assert main(["train", "--data", str(shapes_dir), "--output", str(out)]) == 2
 
 

@@ -30,6 +30,9 @@ def train_cmd(
                                   "(CUDA).")] = "auto",
     augment: Annotated[float, Opt("--augment", min=0.0, max=1.0, help="Augmentation strength, "
                                   "0 (off) to 1 (strong).")] = 0.5,
+    backgrounds: Annotated[str | None, Opt("--backgrounds", help="Folder of photos put under "
+                                           "transparent images (clip art, cut-outs).")
+                           ] = None,
     freeze_text: Annotated[bool, Opt("--freeze-text", help="Keep the text tower fixed.")
                            ] = False,
     freeze_image: Annotated[bool, Opt("--freeze-image", help="Keep the image tower fixed "
@@ -78,7 +81,8 @@ def train_cmd(
     cfg = TrainConfig(
         data=data, output=output, model=model, init=init, batch_size=batch_size,
         epochs=epochs, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
-        grad_accum=grad_accum, precision=precision, augment=augment, freeze_text=freeze_text,
+        grad_accum=grad_accum, precision=precision, augment=augment, backgrounds=backgrounds,
+        freeze_text=freeze_text,
         freeze_image=freeze_image, wise_alpha=wise_alpha, val_fraction=val_fraction, seed=seed,
         workers=workers, threads=threads, image_size=image_size, context_length=context_length,
         max_steps=max_steps, checkpoint_every=checkpoint_every, resume=resume,

@@ -57,6 +57,9 @@ class TrainConfig:
         augment: augmentation strength, 0 (off: resize + centre crop) to 1 (strong: random
             resized crop, flips, colour jitter, grayscale, blur, low resolution, random
             background under transparent images).
+        backgrounds: a folder of photos or textures; transparent training images (clip
+            art, emoji, cut-outs) are then mostly placed on random crops of them instead of
+            plain colours, which brings such data closer to photographs.
         freeze_text / freeze_image: keep that tower's weights fixed (LiT-style tuning).
         wise_alpha: WiSE-FT: the saved weights are (1 - a) * start + a * fine-tuned. None or
             1 keeps the fine-tuned weights; 0 gives back the start weights.
@@ -92,6 +95,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "auto"
     augment: float = 0.5
+    backgrounds: str | None = None
     freeze_text: bool = False
     freeze_image: bool = False
     wise_alpha: float | None = None
@@ -148,6 +152,9 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise TrainingError(f"{key} must be a positive integer, got {value}")
+        if self.backgrounds is not None and not Path(self.backgrounds).is_dir():
+            raise TrainingError(f"backgrounds={self.backgrounds!r} is not a folder; give a "
+                                "folder of photos or textures, or leave it out")
         if self.freeze_text and self.freeze_image:
             raise TrainingError("freeze_text and freeze_image together leave nothing to train")
         if self.resume and self.overwrite:

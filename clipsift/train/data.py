@@ -1,4 +1,4 @@
-"""Image–caption pairs for training: sources, held-out split, transforms and loaders.
+"""Image–caption pairs for training: sources, held-out split, datasets and loaders.
 
 Sources (see `load_pairs`):
     - a folder of images, each with a same-named `.txt` file (one caption per line);
@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clipsift.errors import TrainingError
-from clipsift.models.folder import PreprocessConfig
+from clipsift.train.augment import EvalTransform, TrainTransform
 
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic"})
-_BICUBIC = Image.Resampling.BICUBIC
 
 
 @dataclass(frozen=True)
@@ -325,91 +324,6 @@ def decode_image(item: PairItem, size_hint: int | None = None) -> Image.Image:
             return open_image(raw, size_hint, name=item.key)
         probe.seek(0)
         return ImageOps.exif_transpose(probe).convert("RGBA")
-
-
-def _flatten(im: Image.Image, colour: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    if im.mode != "RGBA":
-        return im
-    bg = Image.new("RGB", im.size, colour)
-    bg.paste(im, mask=im.getchannel("A"))
-    return bg
-
-
-def _to_tensor(im: Image.Image, pre: PreprocessConfig) -> torch.Tensor:
-    arr = np.asarray(im, dtype=np.float32) / 255.0  # [H, W, 3]
-    mean = np.asarray(pre.mean, np.float32)
-    std = np.asarray(pre.std, np.float32)
-    return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).copy())  # [3, H, W]
-
-
-class EvalTransform:
-    """Held-out preprocessing: white under transparency, then the model's own inference
-    transform (`clipsift.models.openclip_backend.make_transform`: resize, crop, normalise)."""
-
-    def __init__(self, pre: PreprocessConfig) -> None:
-        from clipsift.models.openclip_backend import make_transform
-
-        self.pre = pre
-        self.transform = make_transform(pre)
-
-    def __call__(self, im: Image.Image) -> torch.Tensor:
-        return self.transform(_flatten(im))
-
-
-class TrainTransform:
-    """Random augmentation scaled by `strength` in [0, 1]; 0 equals `EvalTransform`."""
-
-    def __init__(self, pre: PreprocessConfig, strength: float) -> None:
-        self.pre = pre
-        self.s = strength
-        self.eval = EvalTransform(pre)
-
-    def _crop_box(self, w: int, h: int, rng: np.random.Generator) -> tuple[int, ...]:
-        min_scale = 1.0 - 0.7 * self.s
-        for _ in range(10):
-            area = w * h * rng.uniform(min_scale, 1.0)
-            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-            cw, ch = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
-            if 0 < cw <= w and 0 < ch <= h:
-                x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-                return (x, y, x + cw, y + ch)
-        side = min(w, h)
-        return ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
-
-    def __call__(self, im: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        if self.s <= 0:
-            return self.eval(im)
-        s, size = self.s, self.pre.image_size
-        white = rng.random() > 0.5 * s
-        im = _flatten(im, (255, 255, 255) if white else tuple(rng.integers(0, 256, 3).tolist()))
-        im = im.resize((size, size), _BICUBIC, box=self._crop_box(*im.size, rng),
-                       reducing_gap=3.0)
-        if rng.random() < 0.5 * s:
-            im = ImageOps.mirror(im)
-        if rng.random() < 0.8 * s:
-            im = _colour_jitter(im, 0.4 * s, rng)
-        if rng.random() < 0.2 * s:
-            im = ImageOps.grayscale(im).convert("RGB")
-        if rng.random() < 0.2 * s:
-            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.0 + size / 64)))
-        if rng.random() < 0.25 * s:
-            low = int(rng.integers(max(8, size // 4), max(9, size * 3 // 4)))
-            im = im.resize((low, low), Image.Resampling.BILINEAR).resize((size, size), _BICUBIC)
-        return _to_tensor(im, self.pre)
-
-
-def _colour_jitter(im: Image.Image, amount: float, rng: np.random.Generator) -> Image.Image:
-    from PIL import ImageEnhance
-
-    ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
-    for i in rng.permutation(len(ops)):
-        im = ops[i](im).enhance(rng.uniform(1 - amount, 1 + amount))
-    shift = int(rng.uniform(-amount / 4, amount / 4) * 255)
-    if shift:
-        h, sat, v = im.convert("HSV").split()
-        h = h.point(lambda p: (p + shift) % 256)
-        im = Image.merge("HSV", (h, sat, v)).convert("RGB")
-    return im
 
 
 # ---- datasets, sampler, loaders ------------------------------------------------------------

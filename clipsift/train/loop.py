@@ -33,6 +33,7 @@ import torch
 
 from clipsift.errors import TrainingError
 from clipsift.models.folder import FolderConfig, save_model_folder
+from clipsift.train.augment import EvalTransform, make_train_transform
 from clipsift.train.config import (
     BuiltModel,
     TrainConfig,
@@ -46,10 +47,8 @@ from clipsift.train.config import (
 from clipsift.train.data import (
     EpochBatchSampler,
     EvalImages,
-    EvalTransform,
     PairBatch,
     PairDataset,
-    TrainTransform,
     batches_per_epoch,
     fingerprint,
     load_pairs,
@@ -208,7 +207,8 @@ def _prepare(cfg: TrainConfig, emit: Callable[[TrainEvent], None]
     run = _Run(
         cfg=cfg, built=built, device=device, optimizer=make_optimizer(built.module, cfg),
         scaler=scaler, autocast=autocast,
-        train_ds=PairDataset(train_items, TrainTransform(built.preprocess, cfg.augment),
+        train_ds=PairDataset(train_items, make_train_transform(built.preprocess, cfg.augment,
+                                                             cfg.backgrounds),
                              built.tokenizer, cfg.seed),
         val_items=val_items[: cfg.val_max_items], out=out,
         total_steps=min(total, cfg.max_steps) if cfg.max_steps else total, batches=batches,
