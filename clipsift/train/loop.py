@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -34,6 +33,16 @@ import torch
 from clipsift.errors import TrainingError
 from clipsift.models.folder import FolderConfig, save_model_folder
 from clipsift.train.augment import EvalTransform, make_train_transform
+from clipsift.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    latest_checkpoint,
+    read_checkpoint,
+    restore_rng,
+    rng_state,
+    save_start,
+    trim_metrics,
+    write_checkpoint,
+)
 from clipsift.train.config import (
     BuiltModel,
     TrainConfig,
@@ -64,7 +73,6 @@ from clipsift.train.metrics import (
 )
 from clipsift.train.wise import apply_wise
 
-CHECKPOINT_FORMAT = "clipsift-train-checkpoint/1"
 MAX_LOGIT_SCALE = math.log(100.0)
 _BAD_EXAMPLES = 20
 
@@ -216,7 +224,7 @@ def _prepare(cfg: TrainConfig, emit: Callable[[TrainEvent], None]
     )
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     state, resumed = _State(), None
-    latest = _latest_checkpoint(out) if cfg.resume else None
+    latest = latest_checkpoint(out) if cfg.resume else None
     if latest is not None:
         state = _load_checkpoint(run, latest)
         resumed = str(latest)
@@ -225,7 +233,7 @@ def _prepare(cfg: TrainConfig, emit: Callable[[TrainEvent], None]
         emit(TrainEvent("warning", message=f"no checkpoint in {out / 'checkpoints'}; "
                                            "starting from the beginning"))
     if cfg.wise_alpha is not None and latest is None:
-        _save_start(built.module, out / "checkpoints" / "start.safetensors")
+        save_start(built.module, out / "checkpoints" / "start.safetensors")
     return run, state, resumed
 
 
@@ -377,101 +385,35 @@ def _finish_epoch(run: _Run, state: _State, partial: bool, seconds: float, sampl
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    version, keys, gauss = state["python"]
-    random.setstate((version, tuple(keys), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _save_checkpoint(run: _Run, state: _State, path: Path) -> None:
-    """Write atomically (tmp + rename) so a kill never leaves a torn checkpoint."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": run.built.module.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler else {},
         "state": dict(vars(state)),
-        "rng": _rng_state(),
+        "rng": rng_state(),
         "data": {"seed": run.cfg.seed, "fingerprint": run.data_fp, "n": len(run.train_ds)},
         "model_cfg": json.dumps(run.built.model_cfg, sort_keys=True),
         "history": [m.to_json() for m in run.history],
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    (path.parent / "latest.tmp").write_text(path.name, encoding="utf-8")
-    os.replace(path.parent / "latest.tmp", path.parent / "latest.txt")
-    _prune(path.parent, run.cfg.keep_checkpoints)
-
-
-def _prune(folder: Path, keep: int) -> None:
-    ckpts = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
-    for old in ckpts[:-keep]:
-        old.unlink(missing_ok=True)
-
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    folder = out / "checkpoints"
-    pointer = folder / "latest.txt"
-    if pointer.is_file() and (folder / pointer.read_text(encoding="utf-8").strip()).is_file():
-        return folder / pointer.read_text(encoding="utf-8").strip()
-    ckpts = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns)
-    return ckpts[-1] if ckpts else None
+    write_checkpoint(payload, path, run.cfg.keep_checkpoints)
 
 
 def _load_checkpoint(run: _Run, path: Path) -> _State:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as ex:  # torn or foreign file: say which and why
-        raise TrainingError(f"cannot read checkpoint {path}: {ex}") from ex
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path} is not a clipsift training checkpoint")
-    if ck["model_cfg"] != json.dumps(run.built.model_cfg, sort_keys=True):
-        raise TrainingError(f"{path} was trained with another architecture than this run's")
+    ck = read_checkpoint(path, json.dumps(run.built.model_cfg, sort_keys=True))
     run.built.module.load_state_dict(ck["model"])
     run.optimizer.load_state_dict(ck["optimizer"])
     if run.scaler and ck["scaler"]:
         run.scaler.load_state_dict(ck["scaler"])
-    _restore_rng(ck["rng"])
+    restore_rng(ck["rng"])
     if ck["data"]["fingerprint"] != run.data_fp:
         run.emit(TrainEvent("warning", message="the training data changed since the "
                                                "checkpoint; resuming is no longer exact"))
     state = _State(**ck["state"])
-    _trim_metrics(run.out / "metrics.jsonl", state.step)
+    trim_metrics(run.out / "metrics.jsonl", state.step)
     run.history = [EpochMetrics.from_json(row) for row in ck["history"]]
     return state
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint being resumed (or by a final pass)."""
-    if not path.is_file():
-        return
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    kept = [r for r in rows if r.get("step", 0) <= step and not r.get("final")]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-
-
-def _save_start(module: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    save_file(state, str(path))
 
 
 # ---- the end --------------------------------------------------------------------------------

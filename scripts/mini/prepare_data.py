@@ -4,8 +4,10 @@
 Sources: freely licensed Debian packages (clipsift/assets/mini/PROVENANCE.md), fetched with
 ``apt-get download`` and unpacked with ``dpkg -x`` into the work folder (nothing is installed):
 Open Clip Art Library drawings with their SVG metadata, Noto Color Emoji glyphs and CLDR emoji
-annotations. Writes DIR/images/ (on white, longer side <= 128 px), DIR/pairs.parquet (image,
-caption, group, source, lang) and DIR/sources.json.
+annotations, and the photo-like sources of photo_sources.py (Tux Paint stamps, GCompris photos,
+0 A.D. portraits). Writes DIR/images/ (transparency kept, longer side <= 128 px),
+DIR/pairs.parquet (image, caption, group, source, lang), DIR/backgrounds/ (background photos
+for `clipsift train --backgrounds`) and DIR/sources.json.
 
     .venv/bin/python scripts/mini/prepare_data.py [--work DIR] [--workers 2] [--force]
 """
@@ -33,7 +35,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-PACKAGES = ("openclipart-png", "openclipart-svg", "fonts-noto-color-emoji", "unicode-cldr-core")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import photo_sources
+
+PACKAGES = (
+    "openclipart-png",
+    "openclipart-svg",
+    "fonts-noto-color-emoji",
+    "unicode-cldr-core",
+    "tuxpaint-stamps-default",
+    "gcompris-qt-data",
+    "0ad-data",
+    "mate-backgrounds",
+)
 REPO = Path(__file__).resolve().parents[2]
 MAX_SIDE = 128
 EMOJI_PX = 109  # the one bitmap strike size of the CBDT font
@@ -173,33 +187,32 @@ def deb_info(deb: Path) -> dict[str, str]:
 def fetch_packages(work: Path) -> dict[str, dict[str, str]]:
     """Download and unpack the .deb files unless done before; name -> version, file, sha256."""
     debs, root = work / "debs", work / "root"
-    marker = root / ".sources.json"  # written last: the tree is complete
-    if marker.exists():
-        return json.loads(marker.read_text())
-    debs.mkdir(parents=True, exist_ok=True)
-    if missing := [p for p in PACKAGES if not list(debs.glob(f"{p}_*.deb"))]:
-        subprocess.run(["apt-get", "download", *missing], cwd=debs, check=True)
-    sources = {}
-    for name in PACKAGES:
+    marker = root / ".sources.json"  # updated after each unpacked package
+    sources = json.loads(marker.read_text()) if marker.exists() else {}
+    if todo := [p for p in PACKAGES if p not in sources]:
+        debs.mkdir(parents=True, exist_ok=True)
+        if missing := [p for p in todo if not list(debs.glob(f"{p}_*.deb"))]:
+            subprocess.run(["apt-get", "download", *missing], cwd=debs, check=True)
+    for name in todo:
         deb = sorted(debs.glob(f"{name}_*.deb"))[-1]
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
         sources[name] = deb_info(deb)
-    marker.write_text(json.dumps(sources, indent=2) + "\n")
-    return sources
+        marker.write_text(json.dumps(sources, indent=2) + "\n")
+    return {name: sources[name] for name in PACKAGES}
 
 
 # --- rendering ------------------------------------------------------------------------------------
-def save_on_white(img: Image.Image, dst: Path) -> None:
-    """Shrink to MAX_SIDE (Pillow resizes RGBA with premultiplied alpha), flatten onto white."""
+def save_transparent(img: Image.Image, dst: Path) -> None:
+    """Shrink to MAX_SIDE (Pillow resizes RGBA with premultiplied alpha) and save as PNG with
+    its transparency, so that training can put photo backgrounds under it."""
     img = img.convert("RGBA")
     img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    Image.alpha_composite(white, img).convert("RGB").save(dst)
+    img.save(dst)
 
 
 def render_clipart(task: tuple[str, str]) -> bool:
-    """Crop the drawing to its visible part (plus a margin) and save it on white."""
+    """Crop the drawing to its visible part (plus a margin) and save it."""
     src, dst = task
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # packaged, trusted
@@ -215,7 +228,7 @@ def render_clipart(task: tuple[str, str]) -> bool:
             img = img.crop(
                 (max(left - pad, 0), max(top - pad, 0), min(right + pad, w), min(bottom + pad, h))
             )
-            save_on_white(img, Path(dst))
+            save_transparent(img, Path(dst))
             return True
         except (OSError, ValueError, Image.DecompressionBombError):
             return False  # unreadable, or too large to decode safely
@@ -227,7 +240,7 @@ def emoji_font(path: str) -> ImageFont.FreeTypeFont:
 
 
 def render_emoji(task: tuple[str, str, str]) -> bool:
-    """Draw one emoji (a sequence must shape to one glyph) and save it on white."""
+    """Draw one emoji (a sequence must shape to one glyph) and save it."""
     seq, font_path, dst = task
     font = emoji_font(font_path)
     _, top, right, bottom = font.getbbox(seq)
@@ -238,7 +251,7 @@ def render_emoji(task: tuple[str, str, str]) -> bool:
     ImageDraw.Draw(canvas).text((0, 0), seq, font=font, embedded_color=True)
     if canvas.getchannel("A").getbbox() is None:
         return False
-    save_on_white(canvas, Path(dst))
+    save_transparent(canvas, Path(dst))
     return True
 
 
@@ -448,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     rows = clipart_rows(root, images, args.workers, args.max_per_folder, args.force)
     rows += emoji_rows(root, images, langs, args.workers, args.force)
+    rows += photo_sources.tuxpaint_rows(root, images, row, MAX_SIDE)
+    rows += photo_sources.gcompris_rows(root, images, row, MAX_SIDE)
+    rows += photo_sources.zeroad_rows(root, images, row, MAX_SIDE)
+    count = photo_sources.write_backgrounds(root, work / "backgrounds")
+    print(f"wrote {count} background photos to {work / 'backgrounds'}")
     path = write_pairs(rows, work)
     print(summary(rows, path, time.monotonic() - start))
     return 0
