@@ -40,7 +40,7 @@ def test_backgrounds_folder_lists_images_recursively(greens):
 
 def test_transparent_image_is_put_on_a_background_photo(greens):
     transform = TrainTransform(PreprocessConfig(image_size=32), 1.0,
-                               Backgrounds.from_folder(greens))
+                               Backgrounds.from_folder(greens), background_share=0.8)
     placed = 0
     for seed in range(20):
         out = np.asarray(transform._under(cutout(), np.random.default_rng(seed)))
@@ -52,6 +52,10 @@ def test_transparent_image_is_put_on_a_background_photo(greens):
         if is_green.any():  # the object fills 55-100 % of the frame's longer side
             assert out.shape[0] >= 40 and max(out.shape[:2]) <= 40 / 0.55 + 1
     assert 10 <= placed <= 19  # mostly on a photo (80 %), sometimes plain
+    never = TrainTransform(PreprocessConfig(image_size=32), 1.0,
+                           Backgrounds.from_folder(greens), background_share=0.0)
+    assert all(never._under(cutout(), np.random.default_rng(s)).size == (40, 40)
+               for s in range(10))
 
 
 def test_no_backgrounds_keeps_plain_colours(greens):
@@ -84,6 +88,8 @@ def test_unreadable_background_falls_back_to_a_plain_colour(tmp_path):
 
 
 def test_background_errors_name_the_folder(tmp_path):
+    with pytest.raises(TrainingError, match="background_share"):
+        TrainConfig(data="x", output="y", model="ViT-B-32", background_share=1.5).validate()
     with pytest.raises(TrainingError, match="nowhere"):
         TrainConfig(data="x", output="y", model="ViT-B-32",
                     backgrounds=str(tmp_path / "nowhere")).validate()

@@ -33,6 +33,9 @@ def train_cmd(
     backgrounds: Annotated[str | None, Opt("--backgrounds", help="Folder of photos put under "
                                            "transparent images (clip art, cut-outs).")
                            ] = None,
+    background_share: Annotated[float, Opt("--background-share", min=0.0, max=1.0, help="How "
+                                           "often a transparent image goes on a background "
+                                           "photo (at --augment 1).")] = 0.5,
     freeze_text: Annotated[bool, Opt("--freeze-text", help="Keep the text tower fixed.")
                            ] = False,
     freeze_image: Annotated[bool, Opt("--freeze-image", help="Keep the image tower fixed "
@@ -82,6 +85,7 @@ def train_cmd(
         data=data, output=output, model=model, init=init, batch_size=batch_size,
         epochs=epochs, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
         grad_accum=grad_accum, precision=precision, augment=augment, backgrounds=backgrounds,
+        background_share=background_share,
         freeze_text=freeze_text,
         freeze_image=freeze_image, wise_alpha=wise_alpha, val_fraction=val_fraction, seed=seed,
         workers=workers, threads=threads, image_size=image_size, context_length=context_length,

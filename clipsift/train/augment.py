@@ -98,16 +98,18 @@ class EvalTransform:
 class TrainTransform:
     """Random augmentation scaled by `strength` in [0, 1]; 0 equals `EvalTransform`.
 
-    With `backgrounds`, a transparent image is usually placed (at 55-100 % of the frame, at
-    a random spot) on a random background photo, as objects appear in photographs.
+    With `backgrounds`, a transparent image is placed (at 55-100 % of the frame, at a random
+    spot) on a random background photo with probability `background_share` x strength, as
+    objects appear in photographs; otherwise on white or a plain colour.
     """
 
     def __init__(self, pre: PreprocessConfig, strength: float,
-                 backgrounds: Backgrounds | None = None) -> None:
+                 backgrounds: Backgrounds | None = None, background_share: float = 0.5) -> None:
         self.pre = pre
         self.s = strength
         self.eval = EvalTransform(pre)
         self.backgrounds = backgrounds
+        self.background_share = background_share
 
     def _crop_box(self, w: int, h: int, rng: np.random.Generator) -> tuple[int, ...]:
         min_scale = 1.0 - 0.7 * self.s
@@ -123,7 +125,7 @@ class TrainTransform:
 
     def _under(self, im: Image.Image, rng: np.random.Generator) -> Image.Image:
         """Put a transparent image on a photo, a solid colour or white."""
-        if self.backgrounds and rng.random() < 0.8 * self.s:
+        if self.backgrounds and rng.random() < self.background_share * self.s:
             w, h = im.size
             frac = rng.uniform(0.55, 1.0)  # the object's longer side, as a share of the frame
             cw, ch = max(w, round(max(w, h) / frac)), max(h, round(max(w, h) / frac))
@@ -170,7 +172,8 @@ def colour_jitter(im: Image.Image, amount: float, rng: np.random.Generator) -> I
 
 
 def make_train_transform(pre: PreprocessConfig, strength: float,
-                         backgrounds: str | None = None) -> TrainTransform:
+                         backgrounds: str | None = None, background_share: float = 0.5
+                         ) -> TrainTransform:
     """The training transform, with the background photos of folder `backgrounds`."""
     found = Backgrounds.from_folder(backgrounds) if backgrounds else None
-    return TrainTransform(pre, strength, found)
+    return TrainTransform(pre, strength, found, background_share)

@@ -60,6 +60,8 @@ class TrainConfig:
         backgrounds: a folder of photos or textures; transparent training images (clip
             art, emoji, cut-outs) are then mostly placed on random crops of them instead of
             plain colours, which brings such data closer to photographs.
+        background_share: how often (at augment 1) a transparent image goes on a background
+            photo rather than on white or a plain colour.
         freeze_text / freeze_image: keep that tower's weights fixed (LiT-style tuning).
         wise_alpha: WiSE-FT: the saved weights are (1 - a) * start + a * fine-tuned. None or
             1 keeps the fine-tuned weights; 0 gives back the start weights.
@@ -96,6 +98,7 @@ class TrainConfig:
     precision: str = "auto"
     augment: float = 0.5
     backgrounds: str | None = None
+    background_share: float = 0.5
     freeze_text: bool = False
     freeze_image: bool = False
     wise_alpha: float | None = None
@@ -140,6 +143,7 @@ class TrainConfig:
         _check_range("lr", self.peak_lr, 0.0, None, low_open=True)
         _check_range("weight_decay", self.weight_decay, 0.0, None)
         _check_range("augment", self.augment, 0.0, 1.0)
+        _check_range("background_share", self.background_share, 0.0, 1.0)
         _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
         _check_range("grad_clip", self.grad_clip, 0.0, None)
         if self.wise_alpha is not None:

@@ -215,8 +215,9 @@ def _prepare(cfg: TrainConfig, emit: Callable[[TrainEvent], None]
     run = _Run(
         cfg=cfg, built=built, device=device, optimizer=make_optimizer(built.module, cfg),
         scaler=scaler, autocast=autocast,
-        train_ds=PairDataset(train_items, make_train_transform(built.preprocess, cfg.augment,
-                                                             cfg.backgrounds),
+        train_ds=PairDataset(train_items, make_train_transform(
+                                 built.preprocess, cfg.augment, cfg.backgrounds,
+                                 cfg.background_share),
                              built.tokenizer, cfg.seed),
         val_items=val_items[: cfg.val_max_items], out=out,
         total_steps=min(total, cfg.max_steps) if cfg.max_steps else total, batches=batches,

@@ -394,11 +394,15 @@ def emoji_id(seq: str) -> str:
     return "_".join(f"{ord(ch):04x}" for ch in seq)
 
 
-def emoji_rows(root: Path, images: Path, langs: list[str], workers: int, force: bool) -> list[dict]:
+def emoji_rows(
+    root: Path, images: Path, langs: list[str], workers: int, force: bool, skin_tones: bool
+) -> list[dict]:
     cldr = root / CLDR
     notes = {lang: cldr_annotations(cldr, lang) for lang in langs}
     english = notes.get("en") or cldr_annotations(cldr, "en")
     seqs = sorted(s for s in english if not (len(s) == 1 and s.isascii()))
+    if not skin_tones:  # variants of one picture in five skin colours: keep the base emoji
+        seqs = [s for s in seqs if not any(0x1F3FB <= ord(ch) <= 0x1F3FF for ch in s)]
     font = str(root / EMOJI_FONT)
     dsts = [images / "emoji" / f"emoji_u{emoji_id(s)}.png" for s in seqs]
     ok = run_renders(
@@ -448,6 +452,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--langs", default="en,zh,ja,de,fr,es", help="CLDR languages for emoji")
     parser.add_argument("--max-per-folder", type=int, default=300, help="clip-art cap per folder")
     parser.add_argument("--force", action="store_true", help="re-render existing images")
+    parser.add_argument(
+        "--skin-tones",
+        action="store_true",
+        help="also the skin-tone variants of emoji (1,780 near-copies; left out by default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -460,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     root, images = work / "root", work / "images"
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     rows = clipart_rows(root, images, args.workers, args.max_per_folder, args.force)
-    rows += emoji_rows(root, images, langs, args.workers, args.force)
+    rows += emoji_rows(root, images, langs, args.workers, args.force, args.skin_tones)
     rows += photo_sources.tuxpaint_rows(root, images, row, MAX_SIDE)
     rows += photo_sources.gcompris_rows(root, images, row, MAX_SIDE)
     rows += photo_sources.zeroad_rows(root, images, row, MAX_SIDE)
