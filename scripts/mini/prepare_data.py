@@ -401,7 +401,7 @@ def emoji_rows(
     notes = {lang: cldr_annotations(cldr, lang) for lang in langs}
     english = notes.get("en") or cldr_annotations(cldr, "en")
     seqs = sorted(s for s in english if not (len(s) == 1 and s.isascii()))
-    if not skin_tones:  # variants of one picture in five skin colours: keep the base emoji
+    if not skin_tones:  # variants of one picture in five skin colours: keep the base only
         seqs = [s for s in seqs if not any(0x1F3FB <= ord(ch) <= 0x1F3FF for ch in s)]
     font = str(root / EMOJI_FONT)
     dsts = [images / "emoji" / f"emoji_u{emoji_id(s)}.png" for s in seqs]
@@ -454,8 +454,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="re-render existing images")
     parser.add_argument(
         "--skin-tones",
-        action="store_true",
-        help="also the skin-tone variants of emoji (1,780 near-copies; left out by default)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include the skin-tone variants of emoji (1,780 near-copies of base emoji)",
     )
     return parser.parse_args(argv)
 

@@ -45,12 +45,12 @@ MINI_ARCH = {
 }
 RECIPE = {
     "batch_size": 128,
-    "epochs": 14,
+    "epochs": 12,
     "lr": 1e-3,
     "warmup_steps": 100,
     "weight_decay": 0.1,
     "augment": 1.0,
-    "background_share": 0.5,
+    "background_share": 0.8,
     "val_fraction": 0.05,
     "val_max_items": 1000,
     "seed": 0,
