@@ -65,3 +65,19 @@ def extract_photos(dest: Path, count: int) -> list[Path]:
                 if len(out) >= count:
                     break
     return sorted(out)
+
+
+def load_script(path: Path, name: str):
+    """Import a script that is not in a package (scripts/...) as module `name`; yields it
+    and removes it from sys.modules afterwards (use from a fixture)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        sys.modules.pop(name, None)

@@ -1,22 +1,17 @@
 """Caption cleaning of scripts/mini/prepare_data.py (pure functions: no apt, no images)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mini" / "prepare_data.py"
 
 
 @pytest.fixture(scope="module")
 def prep():
-    spec = importlib.util.spec_from_file_location("mini_prepare_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_script(SCRIPT, "mini_prepare_data")
 
 
 @pytest.mark.parametrize(

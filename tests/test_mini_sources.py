@@ -1,25 +1,20 @@
 """scripts/mini/photo_sources.py: names, captions, the Qt resource reader, image saving."""
 
-import importlib.util
 import struct
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mini" / "photo_sources.py"
 
 
 @pytest.fixture(scope="module")
 def ps():
-    spec = importlib.util.spec_from_file_location("mini_photo_sources", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_script(SCRIPT, "mini_photo_sources")
 
 
 @pytest.mark.parametrize(
