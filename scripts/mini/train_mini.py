@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the bundled offline model `mini` from the pairs made by prepare_data.py.
 
-    .venv/bin/python scripts/mini/train_mini.py                 # full recipe (~60 min, 2 cores)
+    .venv/bin/python scripts/mini/train_mini.py                 # full recipe (~40 min, 2 cores)
     .venv/bin/python scripts/mini/train_mini.py --max-steps 20  # smoke run, measures samples/s
     .venv/bin/python scripts/mini/train_mini.py --resume        # continue after a stop
 
