@@ -63,21 +63,10 @@ def _progress_bar(total: int | None, quiet: bool):
     """A rich progress bar on stderr and its update callback (None, None when quiet)."""
     if quiet:
         return None, None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from clipsift.cli.output import progress_bar
 
-    bar = Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn(),
-                   TextColumn("[red]{task.fields[errors]} errors"),
-                   console=Console(stderr=True), transient=False)
+    bar = progress_bar("[bold]{task.fields[phase]}", "{task.fields[rate]:.1f} img/s",
+                       "[red]{task.fields[errors]} errors")
     task = bar.add_task("filter", total=total, phase="scoring", rate=0.0, errors=0)
 
     def update(p) -> None:

@@ -93,24 +93,12 @@ def _model_for(path, name: str | None, precision: str = "fp32"):
 def _run_add(idx, paths, stop, *, quiet: bool, **opts):
     if quiet:
         return idx.add(paths, stop=stop, **opts)
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from clipsift.cli.output import progress_bar
     from clipsift.sources import count_items
 
     total = count_items(paths, recursive=opts.get("recursive", True))
-    columns = [TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn(),
-               TextColumn("[red]{task.fields[errors]} errors")]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    with progress_bar("[bold]indexing", "{task.fields[rate]:.1f} img/s",
+                      "[red]{task.fields[errors]} errors") as bar:
         task = bar.add_task("index", total=total, rate=0.0, errors=0)
 
         def on_progress(p) -> None:

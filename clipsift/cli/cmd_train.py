@@ -108,22 +108,14 @@ def _recall_text(metrics: Any) -> str:
 
 def _run_with_progress(cfg: Any) -> Any:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
+    from clipsift.cli.output import progress_bar
     from clipsift.train import train
 
     console = Console(stderr=True, highlight=False)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[speed]:>7.1f} samples/s  loss {task.fields[loss]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar("{task.description}",
+                      "{task.fields[speed]:>7.1f} samples/s  loss {task.fields[loss]}",
+                      console=console) as progress:
         task = progress.add_task("training", total=None, speed=0.0, loss="-")
 
         def on_progress(ev: Any) -> None:
