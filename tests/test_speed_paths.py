@@ -104,6 +104,15 @@ def test_int8_close_to_fp32_and_recorded(tiny, photos):
     assert np.abs(m8.encode_texts(["a dog"]) - tiny.encode_texts(["a dog"])).max() < 1e-6
 
 
+def test_fp32_onnx_matches_fp32(tiny, photos):
+    mo = clipsift.load(tiny.name, precision="fp32-onnx")
+    assert mo.info.precision == "fp32-onnx"
+    assert mo.image_runner.path.name.endswith(".fp32-onnx.onnx")
+    images = [str(p) for p in photos[:8]]
+    diff = np.abs(mo.encode_images(images) - tiny.encode_images(images)).max()
+    assert diff < 1e-5  # same numbers, other kernels
+
+
 def test_int8_export_is_cached(tiny):
     first = clipsift.load(tiny.name, precision="int8").image_runner
     again = clipsift.load(tiny.name, precision="int8").image_runner
@@ -121,10 +130,11 @@ def test_bf16_runs_close_to_fp32(tiny, photos):
 
 
 def test_bad_precisions_fail_early():
-    with pytest.raises(UsageError, match="fp32, bf16, fp16, int8"):
+    with pytest.raises(UsageError, match="fp32, fp32-onnx, bf16, fp16, int8"):
         check_precision("int4", "cpu")
-    with pytest.raises(UsageError, match="CPU"):
-        check_precision("int8", "cuda")
+    for cpu_only in ("int8", "fp32-onnx"):
+        with pytest.raises(UsageError, match="CPU"):
+            check_precision(cpu_only, "cuda")
     with pytest.raises(UsageError, match="CUDA"):
         check_precision("fp16", "cpu")
     with pytest.raises(UsageError, match="torch model"):

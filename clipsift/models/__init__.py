@@ -37,9 +37,10 @@ def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True,
         device: "cpu", "cuda", "cuda:1" or "auto".
         fallback: when `name` is None and the default model is not available (offline,
             no cache), load the bundled `mini` model instead and set `model.notice`.
-        precision: "fp32" (reference), "int8" (CPU: image tower in ONNX Runtime with int8
-            weights), "bf16" (autocast; CUDA or CPUs with AVX512-BF16/AMX) or "fp16"
-            (CUDA autocast). Recorded in `model.precision` and `model.info`.
+        precision: "fp32" (reference), "fp32-onnx" (CPU: image tower in ONNX Runtime at
+            fp32), "int8" (CPU: image tower in ONNX Runtime with int8 weights), "bf16"
+            (autocast; CUDA or CPUs with AVX512-BF16/AMX) or "fp16" (CUDA autocast).
+            Recorded in `model.precision` and `model.info`.
     Returns:
         A ClipModel; `model.notice` is a one-line message when a fallback happened.
     Raises:

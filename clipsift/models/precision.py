@@ -3,15 +3,20 @@
 `clipsift.load(name, precision=...)` calls `apply_precision` on the loaded model:
 
     fp32   the reference path: plain float32 torch on CPU or GPU.
+    fp32-onnx  float32 too, but the image tower runs in ONNX Runtime with all its graph
+           optimisations (fused attention, LayerNorm and GELU); CPU only. Embeddings match
+           fp32 to ~1e-5 and the tower is ~10-20% faster (docs/benchmarks.md).
     bf16   torch autocast to bfloat16. On CUDA, and on CPUs with native bf16 units
            (AVX512-BF16 or AMX); elsewhere it is emulated and slower than fp32, and the
            model's `notice` says so.
     fp16   torch autocast to float16, for CUDA only.
     int8   the image tower runs in ONNX Runtime with int8 weights and dynamically
            quantized activations (VNNI/AVX2 integer kernels); CPU only. The text tower stays
-           fp32 torch (it is cheap once padding is trimmed). The exported and quantized
-           tower is cached under `$CLIPSIFT_CACHE/onnx/`, keyed by the weights, so only the
-           first load of a model pays for the export (seconds to a minute).
+           fp32 torch (it is cheap once padding is trimmed).
+
+The exported (and, for int8, quantized) tower is cached under `$CLIPSIFT_CACHE/onnx/`,
+keyed by the weights, so only the first load of a model pays for the export (seconds to a
+minute).
 
 Embeddings always come back as float32 and L2-normalised, whatever the precision.
 """
@@ -36,10 +41,12 @@ if TYPE_CHECKING:
     from clipsift.models.base import ClipModel
 
 #: Accepted precision names, reference first.
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp32-onnx", "bf16", "fp16", "int8")
+#: Precisions whose image tower runs in ONNX Runtime (CPU only).
+ONNX_PRECISIONS = frozenset({"fp32-onnx", "int8"})
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: Bumped when the export or quantization recipe changes (invalidates the cache).
-_RECIPE = "ort-dyn-int8-v1"
+_RECIPE = "ort-v2"
 
 
 def check_precision(precision: str, device: torch.device | str) -> str:
@@ -53,8 +60,8 @@ def check_precision(precision: str, device: torch.device | str) -> str:
     dev = torch.device(device)
     if p not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if p == "int8" and dev.type != "cpu":
-        raise UsageError(f"precision int8 runs on the CPU (ONNX Runtime), not on {dev}; "
+    if p in ONNX_PRECISIONS and dev.type != "cpu":
+        raise UsageError(f"precision {p} runs on the CPU (ONNX Runtime), not on {dev}; "
                          "on a GPU use fp16 or bf16")
     if p == "fp16" and dev.type == "cpu":
         raise UsageError("precision fp16 is for CUDA devices; on the CPU use int8 (fastest), "
@@ -87,7 +94,7 @@ def cpu_has_vnni() -> bool:
 
 
 def autocast_context(model: ClipModel) -> contextlib.AbstractContextManager[Any]:
-    """The autocast context `model` runs its towers in (a no-op for fp32 and int8)."""
+    """The autocast context `model` runs its towers in (a no-op for fp32, fp32-onnx, int8)."""
     dtype = _AUTOCAST.get(getattr(model, "precision", "fp32"))
     if dtype is None:
         return contextlib.nullcontext()
@@ -111,8 +118,8 @@ def apply_precision(model: ClipModel, precision: str) -> ClipModel:
     p = check_precision(precision, model.device)
     if p == "fp32":
         return model
-    if p == "int8":
-        model.image_runner = OnnxImageTower.build(model)
+    if p in ONNX_PRECISIONS:
+        model.image_runner = OnnxImageTower.build(model, quantize=p == "int8")
     elif p == "bf16" and model.device.type == "cpu" and not cpu_has_native_bf16():
         slow = ("note: this CPU has no native bfloat16 (AVX512-BF16/AMX), so bf16 is emulated "
                 "and usually slower than fp32; precision int8 is the fast CPU path")
@@ -124,11 +131,11 @@ def apply_precision(model: ClipModel, precision: str) -> ClipModel:
 class _TowerModule(torch.nn.Module):
     """Wraps a backend's image features as a module whose parameters export with it."""
 
-    def __init__(self, model: ClipModel) -> None:
+    def __init__(self, model: ClipModel, precision: str) -> None:
         super().__init__()
         owner = getattr(model, "module", None)
         if not isinstance(owner, torch.nn.Module):
-            raise UsageError(f"precision int8 needs a torch model; {model.name!r} "
+            raise UsageError(f"precision {precision} needs a torch model; {model.name!r} "
                              f"({model.backend}) has none")
         self.owner = owner
         self._features = model._image_features
@@ -139,13 +146,13 @@ class _TowerModule(torch.nn.Module):
 
 @dataclass
 class OnnxImageTower:
-    """The image tower as an ONNX Runtime session with int8 weights.
+    """The image tower as an ONNX Runtime session (fp32, or int8 weights).
 
     Calling it maps a float32 batch [N, 3, H, W] to float32 features [N, D] (unnormalised),
     like `ClipModel._image_features`.
 
     Attributes:
-        path: the quantized ONNX file (in the cache).
+        path: the ONNX file (in the cache).
         session: the onnxruntime InferenceSession.
     """
 
@@ -153,16 +160,20 @@ class OnnxImageTower:
     session: Any
 
     @classmethod
-    def build(cls, model: ClipModel, threads: int | None = None) -> OnnxImageTower:
-        """Export + quantize `model`'s image tower (or reuse the cached file); open a session."""
+    def build(cls, model: ClipModel, threads: int | None = None, *,
+              quantize: bool = True) -> OnnxImageTower:
+        """Export (+ quantize to int8 when `quantize`) `model`'s image tower, or reuse the
+        cached file; open a session."""
+        kind = "int8" if quantize else "fp32-onnx"
         try:
             import onnxruntime as ort
         except ImportError as ex:  # pragma: no cover - a declared dependency
-            raise UsageError("precision int8 needs onnxruntime: pip install onnxruntime") from ex
-        tower = _TowerModule(model).eval()
-        path = _cache_dir() / f"{_fingerprint(model, tower)}.int8.onnx"
+            raise UsageError(f"precision {kind} needs onnxruntime: pip install onnxruntime"
+                             ) from ex
+        tower = _TowerModule(model, kind).eval()
+        path = _cache_dir() / f"{_fingerprint(model, tower)}.{kind}.onnx"
         if not path.is_file():
-            _export_int8(tower, model.image_size, path)
+            _export(tower, model.image_size, path, kind)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
@@ -205,10 +216,9 @@ def _fingerprint(model: ClipModel, tower: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _export_int8(tower: torch.nn.Module, image_size: int, target: Path) -> None:
-    """Export `tower` to ONNX (fp32) and write its int8 dynamic quantization to `target`."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def _export(tower: torch.nn.Module, image_size: int, target: Path, kind: str) -> None:
+    """Export `tower` to ONNX (fp32) and write it, or for `kind` int8 its dynamic
+    quantization, to `target`."""
     example = torch.zeros(2, 3, image_size, image_size)
     with tempfile.TemporaryDirectory(prefix="clipsift-export-") as tmp:
         fp32 = Path(tmp) / "tower.onnx"
@@ -223,13 +233,23 @@ def _export_int8(tower: torch.nn.Module, image_size: int, target: Path) -> None:
                 )
             except Exception as ex:  # an exporter failure is this model's limitation
                 first = (str(ex).strip().splitlines() or [""])[0][:300]
-                raise UsageError(f"precision int8: cannot export this image tower to ONNX "
+                raise UsageError(f"precision {kind}: cannot export this image tower to ONNX "
                                  f"({type(ex).__name__}: {first}); use fp32") from None
         part = target.with_name(f"{target.name}.{os.getpid()}.part")
-        logging.disable(logging.WARNING)  # the quantizer advises on the root logger
-        try:
-            quantize_dynamic(str(fp32), str(part), weight_type=QuantType.QInt8,
-                             per_channel=True, reduce_range=not cpu_has_vnni())
-        finally:
-            logging.disable(logging.NOTSET)
+        if kind == "int8":
+            _quantize(fp32, part)
+        else:
+            fp32.replace(part)
         part.replace(target)  # atomic: concurrent loads never see half a file
+
+
+def _quantize(fp32: Path, target: Path) -> None:
+    """int8 weights (per channel) with dynamically quantized activations."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # the quantizer advises on the root logger
+    try:
+        quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8,
+                         per_channel=True, reduce_range=not cpu_has_vnni())
+    finally:
+        logging.disable(logging.NOTSET)

@@ -43,6 +43,9 @@ MINI_ARCH = {
     "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 192, "layers": 6, "head_width": 64},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4},
 }
+# open_clip's ModifiedResNet (the RN50 family's tower) scaled down: base width 24, two
+# bottleneck blocks per stage, attention pooling; --vision-width sets the base width.
+RESNET_VISION = {"image_size": 64, "layers": [2, 2, 2, 2], "width": 24, "head_width": 64}
 RECIPE = {
     "batch_size": 128,
     "epochs": 12,
@@ -84,15 +87,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--vision-width", type=int, default=MINI_ARCH["vision_cfg"]["width"])
-    ap.add_argument("--vision-layers", type=int, default=MINI_ARCH["vision_cfg"]["layers"])
+    ap.add_argument("--tower", choices=("vit", "resnet"), default="vit", help="image tower")
+    ap.add_argument("--vision-width", type=int, default=None)
+    ap.add_argument("--vision-layers", type=int, default=None, help="ViT layers")
     ap.add_argument("--text-layers", type=int, default=MINI_ARCH["text_cfg"]["layers"])
     return ap.parse_args(argv)
 
 
 def arch_from(args: argparse.Namespace) -> dict:
     arch = json.loads(json.dumps(MINI_ARCH))
-    arch["vision_cfg"].update(width=args.vision_width, layers=args.vision_layers)
+    if args.tower == "resnet":
+        arch["vision_cfg"] = dict(RESNET_VISION)
+    elif args.vision_layers:
+        arch["vision_cfg"]["layers"] = args.vision_layers
+    if args.vision_width:
+        arch["vision_cfg"]["width"] = args.vision_width
     arch["text_cfg"]["layers"] = args.text_layers
     return arch
 
