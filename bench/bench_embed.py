@@ -6,10 +6,10 @@ One command, one run, one machine, the same files and the same weights for every
     .venv/bin/python bench/bench_embed.py --cr-python /tmp/cr-venv/bin/python --large 200
 
 What it measures (ViT-B-32 with random weights saved to a local file):
-  matmul      best fp32 torch.matmul rate of 4096x4096 matrices (GFLOP/s), all cores,
-              measured before and after the model-only runs; the higher one is used;
+  matmul      best fp32 torch.matmul rate of 4096x4096 matrices (GFLOP/s), all cores;
   model-only  `encode_pixels` on preprocessed batches of real photos, per precision;
-              efficiency = images/s x 8.8 GFLOP / matmul rate;
+              efficiency = images/s x 8.8 GFLOP / matmul rate, each timing paired with a
+              matmul measurement just before it (median over --rounds rounds);
   naive       open one image, preprocess, encode_image, repeat (open_clip, torch defaults);
   plain       open + preprocess a batch in one process, then encode it (no overlap);
   clipsift    `clipsift.pipeline.embed_items` (decode workers overlapped with the encoder),
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="clipsift precisions, comma list")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5, help="paired model-only/matmul rounds")
     p.add_argument("--workers", type=int, default=None, help="clipsift decode workers")
     p.add_argument("--cr-python", default="/tmp/cr-venv/bin/python",
                    help="python of a venv with clip-retrieval ('' to skip)")
@@ -200,31 +202,40 @@ def clip_retrieval(weights: Path, sets: dict[str, tuple[Path, Path, int]], args:
 # ---- model only ----------------------------------------------------------------------------
 def model_only(weights: Path, photos: list[Path], precisions: list[str],
                args: argparse.Namespace) -> list[dict[str, Any]]:
+    """images/s of `encode_pixels` per precision, and efficiency against the matmul rate.
+
+    This virtual machine's speed drifts by +-20 % within minutes, so each model timing is
+    paired with a matmul measurement taken just before it, in `args.rounds` rounds that
+    cycle through the precisions; the efficiency is the median of the paired ratios.
+    """
     import torch
 
     import clipsift
     from clipsift.images import open_image
 
+    models = {p: clipsift.load(f"ViT-B-32:{weights}", device=args.device, precision=p)
+              for p in precisions}
+    first = next(iter(models.values()))
+    pixels = torch.stack([first.preprocess(open_image(p, first.image_size))
+                          for p in photos[: args.batch_size]])  # [B, 3, 224, 224]
+    pairs: dict[str, list[tuple[float, float]]] = {p: [] for p in precisions}
+    for r in range(args.rounds):
+        for precision, model in models.items():
+            peak = matmul_gflops(reps=3)
+            rate = best_rate(lambda m=model: m.encode_pixels(pixels), len(pixels), reps=2)
+            pairs[precision].append((rate, peak))
+            print(f"  round {r + 1} model-only {precision:<9} {rate:8.2f} img/s, matmul "
+                  f"{peak:.1f} GFLOP/s: {rate * VIT_B32_IMAGE_GFLOP / peak:.0%} "
+                  f"(load {load_avg()[0]})", flush=True)
     rows = []
-    pixels = None
-    for precision in precisions:
-        model = clipsift.load(f"ViT-B-32:{weights}", device=args.device, precision=precision)
-        if pixels is None:
-            pixels = torch.stack([model.preprocess(open_image(p, model.image_size))
-                                  for p in photos[: args.batch_size]])  # [B, 3, 224, 224]
-        batch = pixels
-        rate = best_rate(lambda m=model, x=batch: m.encode_pixels(x), len(batch))
-        rows.append({"precision": precision, "batch": len(pixels), "images_per_s": round(rate, 2),
+    for precision, measured in pairs.items():
+        effs = [rate * VIT_B32_IMAGE_GFLOP / peak for rate, peak in measured]
+        rows.append({"precision": precision, "batch": len(pixels),
+                     "images_per_s": round(statistics.median(r for r, _ in measured), 2),
+                     "efficiency": round(statistics.median(effs), 3),
+                     "efficiency_range": [round(min(effs), 3), round(max(effs), 3)],
+                     "pairs": [[round(r, 2), round(g, 1)] for r, g in measured],
                      "load": load_avg()})
-        print(f"  model-only {precision:<9} {rate:8.2f} img/s (load {load_avg()[0]})", flush=True)
-    return rows
-
-
-def with_efficiency(rows: list[dict[str, Any]], gflops: float) -> list[dict[str, Any]]:
-    """Add efficiency = images/s x 8.8 GFLOP / the machine's matmul rate to each row."""
-    for row in rows:
-        row["efficiency"] = round(row["images_per_s"] * VIT_B32_IMAGE_GFLOP / gflops, 3)
-        print(f"  model-only {row['precision']:<9} efficiency {row['efficiency']:.0%}")
     return rows
 
 
@@ -264,9 +275,10 @@ def to_markdown(result: dict[str, Any]) -> str:
                           "vs clip-retrieval (best)", "load 1/5/15 min", "note"], rows)]
     if result["model_only"]:
         mo = [[m["precision"], m["batch"], m["images_per_s"], f"{m['efficiency']:.0%}",
+               "-".join(f"{x:.0%}" for x in m["efficiency_range"]),
                "/".join(f"{x:.1f}" for x in m["load"])] for m in result["model_only"]]
-        md += ["", markdown_table(["model-only precision", "batch", "images/s",
-                                   "x 8.8 GFLOP / matmul rate", "load"], mo)]
+        md += ["", markdown_table(["model-only precision", "batch", "images/s (median)",
+                                   "x 8.8 GFLOP / matmul rate (median)", "range", "load"], mo)]
     return "\n".join(md) + "\n"
 
 
@@ -275,7 +287,10 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, tuple
     """Photos, large JPEGs, subset folders and weights under `work`."""
     photos = extract_photos(work / "photos", args.limit)
     files = {"photos": photos}
-    sets = {"photos": (work / "photos", link_subset(photos[:SUBSET], work / "photos-subset"),
+    folder = work / "photos"
+    if len(photos) < len(list(folder.iterdir())):  # --limit: a folder of just those
+        folder = link_subset(photos, work / f"photos-{len(photos)}")
+    sets = {"photos": (folder, link_subset(photos[:SUBSET], work / "photos-subset"),
                        len(photos))}
     if args.large:
         large = make_large(photos, work / "large", args.large)
@@ -290,17 +305,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     load_before = load_avg()
     weights, sets, files = prepare(work, args)
-    rates = [matmul_gflops()]
-    print(f"matmul fp32 {rates[0]:.1f} GFLOP/s on {cores()} cores (load {load_avg()})", flush=True)
+    gflops = matmul_gflops()
+    print(f"matmul fp32 {gflops:.1f} GFLOP/s on {cores()} cores (load {load_avg()})", flush=True)
     result: dict[str, Any] = {"machine": machine_info(), "load_before": load_before,
-                              "argv": sys.argv[1:], "runs": [], "model_only": []}
+                              "matmul_gflops": round(gflops, 1), "argv": sys.argv[1:],
+                              "runs": [], "model_only": []}
     if "model" not in skip:
-        rows = model_only(weights, files["photos"], precisions, args)
-        rates.append(matmul_gflops())
-        print(f"matmul fp32 {rates[-1]:.1f} GFLOP/s after the model-only runs", flush=True)
-        result["model_only"] = with_efficiency(rows, max(rates))
-    result["matmul_gflops"] = round(max(rates), 1)
-    result["matmul_gflops_each"] = [round(r, 1) for r in rates]
+        result["model_only"] = model_only(weights, files["photos"], precisions, args)
     runs = result["runs"]
     for name, paths in files.items():
         folder, _, n = sets[name]

@@ -112,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     model = clipsift.load(args.model)
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"model": model.name, "cifar10_test": cifar10(model, Path(tmp))}
+        result = {"model": args.model, "cifar10_test": cifar10(model, Path(tmp))}
         result["imagenet_samples"] = imagenet(model, Path(tmp))
-    result["heldout_retrieval"] = retrieval(REPO / "clipsift/assets/mini/training_metrics.jsonl")
+    run_metrics = Path(args.model) / "metrics.jsonl"  # a training run folder
+    shipped = REPO / "clipsift/assets/mini/training_metrics.jsonl"
+    result["heldout_retrieval"] = retrieval(run_metrics if run_metrics.is_file() else shipped)
     result["seconds"] = round(time.time() - start, 1)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     json.dump(result, sys.stdout, indent=2)

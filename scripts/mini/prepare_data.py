@@ -4,8 +4,9 @@
 Sources: freely licensed Debian packages (clipsift/assets/mini/PROVENANCE.md), fetched with
 ``apt-get download`` and unpacked with ``dpkg -x`` into the work folder (nothing is installed):
 Open Clip Art Library drawings with their SVG metadata, Noto Color Emoji glyphs and CLDR emoji
-annotations, and the photo-like sources of photo_sources.py (Tux Paint stamps, GCompris photos,
-0 A.D. portraits). Writes DIR/images/ (transparency kept, longer side <= 128 px),
+annotations, the photo-like sources of photo_sources.py (Tux Paint stamps, GCompris photos,
+0 A.D. portraits) and those of extra_sources.py (Scratch media, eduActiv8's Art4Apps word
+pictures). Writes DIR/images/ (transparency kept, longer side <= 128 px),
 DIR/pairs.parquet (image, caption, group, source, lang), DIR/backgrounds/ (background photos
 for `clipsift train --backgrounds`) and DIR/sources.json.
 
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import extra_sources
 import photo_sources
 
 PACKAGES = (
@@ -47,6 +49,8 @@ PACKAGES = (
     "gcompris-qt-data",
     "0ad-data",
     "mate-backgrounds",
+    "scratch",
+    "pysiogame",
 )
 REPO = Path(__file__).resolve().parents[2]
 MAX_SIDE = 128
@@ -474,7 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     rows += photo_sources.tuxpaint_rows(root, images, row, MAX_SIDE)
     rows += photo_sources.gcompris_rows(root, images, row, MAX_SIDE)
     rows += photo_sources.zeroad_rows(root, images, row, MAX_SIDE)
+    rows += extra_sources.scratch_rows(root, images, row, MAX_SIDE)
+    rows += extra_sources.art4apps_rows(root, images, row, MAX_SIDE, langs)
     count = photo_sources.write_backgrounds(root, work / "backgrounds")
+    count += extra_sources.scratch_backgrounds(root, work / "backgrounds")
     print(f"wrote {count} background photos to {work / 'backgrounds'}")
     path = write_pairs(rows, work)
     print(summary(rows, path, time.monotonic() - start))
