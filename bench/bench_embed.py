@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5, help="paired model-only/matmul rounds")
+    p.add_argument("--sets", default="photos,large",
+                   help="end-to-end sets to run, comma list (model-only always uses photos)")
     p.add_argument("--workers", type=int, default=None, help="clipsift decode workers")
     p.add_argument("--cr-python", default="/tmp/cr-venv/bin/python",
                    help="python of a venv with clip-retrieval ('' to skip)")
@@ -305,6 +307,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     load_before = load_avg()
     weights, sets, files = prepare(work, args)
+    wanted = set(filter(None, args.sets.split(",")))
+    runs_on = {name: v for name, v in sets.items() if name in wanted}
     gflops = matmul_gflops()
     print(f"matmul fp32 {gflops:.1f} GFLOP/s on {cores()} cores (load {load_avg()})", flush=True)
     result: dict[str, Any] = {"machine": machine_info(), "load_before": load_before,
@@ -313,8 +317,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if "model" not in skip:
         result["model_only"] = model_only(weights, files["photos"], precisions, args)
     runs = result["runs"]
-    for name, paths in files.items():
-        folder, _, n = sets[name]
+    for name, (folder, _, n) in runs_on.items():
+        paths = files[name]
         if "naive" not in skip:
             runs.append(naive_loop(weights, paths, name, args.device))
         if "plain" not in skip:
@@ -323,9 +327,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             runs.append(clipsift_library(weights, folder, n, name, precision, args))
     if "cli" not in skip:
         for precision in precisions:
-            runs += clipsift_cli(weights, sets, precision, args, work)
+            runs += clipsift_cli(weights, runs_on, precision, args, work)
     if "cr" not in skip and args.cr_python:
-        runs += clip_retrieval(weights, sets, args, work)
+        runs += clip_retrieval(weights, runs_on, args, work)
     result["summary"] = summarize(runs)
     result["load_after"] = load_avg()
     return result
