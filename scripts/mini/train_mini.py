@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the bundled offline model `mini` from the pairs made by prepare_data.py.
 
-    .venv/bin/python scripts/mini/train_mini.py                 # full recipe (~40 min, 2 cores)
+    .venv/bin/python scripts/mini/train_mini.py                 # full recipe (~45 min, 2 cores)
     .venv/bin/python scripts/mini/train_mini.py --max-steps 20  # smoke run, measures samples/s
     .venv/bin/python scripts/mini/train_mini.py --resume        # continue after a stop
 
@@ -15,7 +15,8 @@ layers; a text tower of width 128, 4 layers, 32-token context; 256-d embeddings 
 parameters, 19.8 MB as fp16). The text tower's token table (49,408 CLIP BPE tokens x
 width) dominates the size, which is why the text width is 128; the vision width of 192
 (not 256) trades a little capacity for ~1.6x the samples/s, i.e. more epochs in the same
-time. `--vision-width 256` gives 12.0M parameters (24.1 MB). Augmentation is strong, and
+time. `--vision-width 256` gives 12.0M parameters (24.1 MB); `--tower resnet` swaps in a
+small ModifiedResNet image tower (tried, see the model card). Augmentation is strong, and
 transparent images (clip art, emoji, cut-out photos) are mostly put on background photos
 (terrain, sky and nature photos made by prepare_data.py), because most training images are
 drawings while the zero-shot tests are photos.
