@@ -58,7 +58,6 @@ class AddProgress:
     seconds: float
 
 
-
 def _in_scope(inputs: list[str], recursive: bool) -> Callable[[str], bool]:
     """Predicate: is a catalog key inside a folder/shard this run walked completely?"""
     from clipsift.sources import MEMBER_SEP, TAR_SUFFIXES

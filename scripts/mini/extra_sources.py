@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from photo_sources import BACKGROUND_SIDE, photo_captions, save_image, words
+from photo_sources import photo_captions, save_background, save_image, words
 from PIL import Image
 
 SCRATCH = "usr/share/scratch/Media"
@@ -69,9 +69,7 @@ def scratch_backgrounds(root: Path, out: Path) -> int:
         if path.suffix.lower() != ".jpg":
             continue
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((BACKGROUND_SIDE, BACKGROUND_SIDE), Image.Resampling.LANCZOS)
-            im.save(out / f"scratch_{path.stem}.jpg", quality=90)
+            save_background(im, out / f"scratch_{path.stem}.jpg")
         count += 1
     return count
 

@@ -215,6 +215,13 @@ def zeroad_rows(root: Path, images: Path, row: Row, max_side: int) -> list[dict]
 
 
 # --- background photos ------------------------------------------------------------------------
+def save_background(im: Image.Image, dst: Path) -> None:
+    """A background photo as RGB JPEG, shrunk to at most BACKGROUND_SIDE px."""
+    im = im.convert("RGB")
+    im.thumbnail((BACKGROUND_SIDE, BACKGROUND_SIDE), Image.Resampling.LANCZOS)
+    im.save(dst, quality=90)
+
+
 def write_backgrounds(root: Path, out: Path) -> int:
     """0 A.D. terrain and sky textures and MATE nature photos, at most 256 px, as JPEG."""
     out.mkdir(parents=True, exist_ok=True)
@@ -222,9 +229,7 @@ def write_backgrounds(root: Path, out: Path) -> int:
 
     def put(name: str, im: Image.Image) -> None:
         nonlocal count
-        im = im.convert("RGB")
-        im.thumbnail((BACKGROUND_SIDE, BACKGROUND_SIDE), Image.Resampling.LANCZOS)
-        im.save(out / f"{name}.jpg", quality=90)
+        save_background(im, out / f"{name}.jpg")
         count += 1
 
     with zipfile.ZipFile(root / ZEROAD_ZIP) as z:
