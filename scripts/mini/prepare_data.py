@@ -5,10 +5,11 @@ Sources: freely licensed Debian packages (clipsift/assets/mini/PROVENANCE.md), f
 ``apt-get download`` and unpacked with ``dpkg -x`` into the work folder (nothing is installed):
 Open Clip Art Library drawings with their SVG metadata, Noto Color Emoji glyphs and CLDR emoji
 annotations, the photo-like sources of photo_sources.py (Tux Paint stamps, GCompris photos,
-0 A.D. portraits) and those of extra_sources.py (Scratch media, eduActiv8's Art4Apps word
-pictures). Writes DIR/images/ (transparency kept, longer side <= 128 px),
-DIR/pairs.parquet (image, caption, group, source, lang), DIR/backgrounds/ (background photos
-for `clipsift train --backgrounds`) and DIR/sources.json.
+0 A.D. portraits), those of extra_sources.py (Scratch media, eduActiv8's Art4Apps word
+pictures) and game_sprites.py (Widelands animals and ships, Freeciv units). Writes
+DIR/images/ (transparency kept, longer side <= 128 px), DIR/pairs.parquet (image, caption,
+group, source, lang), DIR/backgrounds/ (background photos for `clipsift train
+--backgrounds`) and DIR/sources.json.
 
     .venv/bin/python scripts/mini/prepare_data.py [--work DIR] [--workers 2] [--force]
 """
@@ -38,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import extra_sources
+import game_sprites
 import photo_sources
 
 PACKAGES = (
@@ -51,6 +53,8 @@ PACKAGES = (
     "mate-backgrounds",
     "scratch",
     "pysiogame",
+    "widelands-data",
+    "freeciv-data",
 )
 REPO = Path(__file__).resolve().parents[2]
 MAX_SIDE = 128
@@ -480,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += photo_sources.zeroad_rows(root, images, row, MAX_SIDE)
     rows += extra_sources.scratch_rows(root, images, row, MAX_SIDE)
     rows += extra_sources.art4apps_rows(root, images, row, MAX_SIDE, langs)
+    rows += game_sprites.widelands_rows(root, images, row, MAX_SIDE)
+    rows += game_sprites.freeciv_rows(root, images, row, MAX_SIDE)
     count = photo_sources.write_backgrounds(root, work / "backgrounds")
     count += extra_sources.scratch_backgrounds(root, work / "backgrounds")
     print(f"wrote {count} background photos to {work / 'backgrounds'}")
