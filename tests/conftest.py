@@ -81,3 +81,23 @@ def load_script(path: Path, name: str):
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+MINI_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "mini"
+
+
+def load_mini_source(filename: str):
+    """Import a scripts/mini data module that imports ``photo_sources`` by name (as
+    prepare_data.py does); yields it (use from a fixture)."""
+    photo = load_script(MINI_SCRIPTS / "photo_sources.py", "photo_sources")
+    next(photo)
+    try:
+        yield from load_script(MINI_SCRIPTS / filename, f"mini_{Path(filename).stem}")
+    finally:
+        next(photo, None)
+
+
+def pair_row(image, caption, group, source, lang="en") -> dict:
+    """A pairs.parquet row, as prepare_data.row makes them."""
+    return {"image": str(image), "caption": caption, "group": group, "source": source,
+            "lang": lang}

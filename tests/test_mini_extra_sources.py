@@ -1,26 +1,16 @@
 """scripts/mini/extra_sources.py: Scratch media and eduActiv8's Art4Apps word pictures."""
 
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import load_script
-
-MINI = Path(__file__).resolve().parents[1] / "scripts" / "mini"
+from tests.conftest import load_mini_source
+from tests.conftest import pair_row as _row
 
 
 @pytest.fixture(scope="module")
 def es():
-    photo = load_script(MINI / "photo_sources.py", "photo_sources")  # imported by name
-    next(photo)
-    yield from load_script(MINI / "extra_sources.py", "mini_extra_sources")
-    next(photo, None)
-
-
-def _row(image, caption, group, source, lang="en"):
-    return {"image": str(image), "caption": caption, "group": group, "source": source,
-            "lang": lang}
+    yield from load_mini_source("extra_sources.py")
 
 
 @pytest.mark.parametrize(("stem", "name"), [

@@ -1,13 +1,11 @@
 """scripts/mini/game_sprites.py: Widelands sprite sheets and Freeciv unit tiles."""
 
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import load_script
-
-MINI = Path(__file__).resolve().parents[1] / "scripts" / "mini"
+from tests.conftest import load_mini_source
+from tests.conftest import pair_row as _row
 
 STAG_LUA = """
 -- descname = _("Not this one")
@@ -35,15 +33,7 @@ wl.Descriptions():new_critter_type{
 
 @pytest.fixture(scope="module")
 def gs():
-    photo = load_script(MINI / "photo_sources.py", "photo_sources")  # imported by name
-    next(photo)
-    yield from load_script(MINI / "game_sprites.py", "mini_game_sprites")
-    next(photo, None)
-
-
-def _row(image, caption, group, source, lang="en"):
-    return {"image": str(image), "caption": caption, "group": group, "source": source,
-            "lang": lang}
+    yield from load_mini_source("game_sprites.py")
 
 
 def test_lua_parsing(gs):
