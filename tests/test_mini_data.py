@@ -140,3 +140,19 @@ def test_pick_per_folder_is_capped_and_sorted(prep):
 def test_emoji_id(prep):
     assert prep.emoji_id("\U0001f436") == "1f436"
     assert prep.emoji_id("\U0001f44d\U0001f3fb") == "1f44d_1f3fb"
+
+
+def test_game_sprites_are_opt_in(prep, tmp_path, monkeypatch):
+    """The shipped model's data: the game packages are fetched and used only when asked."""
+    fetched = []
+
+    def fake_fetch(work, packages):
+        fetched.append(packages)
+        raise SystemExit(0)  # stop before any real work
+
+    monkeypatch.setattr(prep, "fetch_packages", fake_fetch)
+    for argv in ([], ["--game-sprites"]):
+        with pytest.raises(SystemExit):
+            prep.main(["--work", str(tmp_path), *argv])
+    assert fetched[0] == prep.PACKAGES and not set(prep.GAME_PACKAGES) & set(fetched[0])
+    assert fetched[1] == prep.PACKAGES + prep.GAME_PACKAGES

@@ -6,12 +6,12 @@ Sources: freely licensed Debian packages (clipsift/assets/mini/PROVENANCE.md), f
 Open Clip Art Library drawings with their SVG metadata, Noto Color Emoji glyphs and CLDR emoji
 annotations, the photo-like sources of photo_sources.py (Tux Paint stamps, GCompris photos,
 0 A.D. portraits), those of extra_sources.py (Scratch media, eduActiv8's Art4Apps word
-pictures) and game_sprites.py (Widelands animals and ships, Freeciv units). Writes
-DIR/images/ (transparency kept, longer side <= 128 px), DIR/pairs.parquet (image, caption,
-group, source, lang), DIR/backgrounds/ (background photos for `clipsift train
---backgrounds`) and DIR/sources.json.
+pictures) and, with --game-sprites, game_sprites.py (Widelands animals and ships, Freeciv
+units). Writes DIR/images/ (transparency kept, longer side <= 128 px), DIR/pairs.parquet
+(image, caption, group, source, lang), DIR/backgrounds/ (background photos for `clipsift
+train --backgrounds`) and DIR/sources.json.
 
-    .venv/bin/python scripts/mini/prepare_data.py [--work DIR] [--workers 2] [--force]
+    .venv/bin/python scripts/mini/prepare_data.py [--work DIR] [--workers 2] [--game-sprites]
 """
 
 from __future__ import annotations
@@ -53,9 +53,8 @@ PACKAGES = (
     "mate-backgrounds",
     "scratch",
     "pysiogame",
-    "widelands-data",
-    "freeciv-data",
 )
+GAME_PACKAGES = ("widelands-data", "freeciv-data")  # --game-sprites only
 REPO = Path(__file__).resolve().parents[2]
 MAX_SIDE = 128
 EMOJI_PX = 109  # the one bitmap strike size of the CBDT font
@@ -192,12 +191,12 @@ def deb_info(deb: Path) -> dict[str, str]:
     }
 
 
-def fetch_packages(work: Path) -> dict[str, dict[str, str]]:
+def fetch_packages(work: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, dict[str, str]]:
     """Download and unpack the .deb files unless done before; name -> version, file, sha256."""
     debs, root = work / "debs", work / "root"
     marker = root / ".sources.json"  # updated after each unpacked package
     sources = json.loads(marker.read_text()) if marker.exists() else {}
-    if todo := [p for p in PACKAGES if p not in sources]:
+    if todo := [p for p in packages if p not in sources]:
         debs.mkdir(parents=True, exist_ok=True)
         if missing := [p for p in todo if not list(debs.glob(f"{p}_*.deb"))]:
             subprocess.run(["apt-get", "download", *missing], cwd=debs, check=True)
@@ -206,7 +205,7 @@ def fetch_packages(work: Path) -> dict[str, dict[str, str]]:
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
         sources[name] = deb_info(deb)
         marker.write_text(json.dumps(sources, indent=2) + "\n")
-    return {name: sources[name] for name in PACKAGES}
+    return {name: sources[name] for name in packages}
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -466,6 +465,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="include the skin-tone variants of emoji (1,780 near-copies of base emoji)",
     )
+    parser.add_argument(
+        "--game-sprites",
+        action="store_true",
+        help="add the Widelands and Freeciv sprites (game_sprites.py; measured, not in the "
+        "shipped model: see its model card)",
+    )
     return parser.parse_args(argv)
 
 
@@ -473,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.monotonic()
     work = args.work.resolve()
-    sources = fetch_packages(work)
+    sources = fetch_packages(work, PACKAGES + (GAME_PACKAGES if args.game_sprites else ()))
     (work / "sources.json").write_text(json.dumps(sources, indent=2) + "\n")
     root, images = work / "root", work / "images"
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
@@ -484,8 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     rows += photo_sources.zeroad_rows(root, images, row, MAX_SIDE)
     rows += extra_sources.scratch_rows(root, images, row, MAX_SIDE)
     rows += extra_sources.art4apps_rows(root, images, row, MAX_SIDE, langs)
-    rows += game_sprites.widelands_rows(root, images, row, MAX_SIDE)
-    rows += game_sprites.freeciv_rows(root, images, row, MAX_SIDE)
+    if args.game_sprites:
+        rows += game_sprites.widelands_rows(root, images, row, MAX_SIDE)
+        rows += game_sprites.freeciv_rows(root, images, row, MAX_SIDE)
     count = photo_sources.write_backgrounds(root, work / "backgrounds")
     count += extra_sources.scratch_backgrounds(root, work / "backgrounds")
     print(f"wrote {count} background photos to {work / 'backgrounds'}")
