@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,10 @@ from clipsift.sources import Item, iter_items
 
 #: Most decode worker processes used when `workers=None`.
 MAX_DEFAULT_WORKERS = 4
+#: With `workers=None`, jobs of fewer batches than this decode in-process: starting the
+#: pool costs more than it saves (bench/bench_decode.py: 2 batches 1.24-1.53x faster
+#: in-process, 7 batches 0.79-1.10x).
+INLINE_BELOW_BATCHES = 4
 #: Most items sent to a worker in one task.
 MAX_CHUNK = 16
 _POLL_SECONDS = 0.1
@@ -167,9 +171,10 @@ def _load(item: Item, target_size: int) -> DecodedImage:
     return decode_image(data, target_size, name=item.key)
 
 
-def _decode_one(
-    item: Item, preprocess: Preprocess, target_size: int, shape: tuple[int, ...] | None,
-) -> tuple[torch.Tensor | None, str | None, tuple[int, int] | None]:
+_Row = tuple[torch.Tensor | None, str | None, tuple[int, int] | None]
+
+
+def _decode_one(item: Item, preprocess: Preprocess, target_size: int) -> _Row:
     """Open and preprocess one item -> (pixels [3, H, W] | None, error | None, (w, h))."""
     try:
         decoded = _load(item, target_size)
@@ -182,26 +187,28 @@ def _decode_one(
         pixels = pixels.to(torch.float32)
     except Exception as exc:  # a preprocess failure is this item's error, not the run's
         return None, f"preprocess failed ({type(exc).__name__}: {exc})", size
-    if shape is not None and tuple(pixels.shape) != shape:
-        return None, f"preprocess gave shape {tuple(pixels.shape)}, expected {shape}", size
     return pixels, None, size
 
 
 def _decode_chunk(
     items: Sequence[Item], preprocess: Preprocess, target_size: int, abort: Any = None,
+    pool: ThreadPoolExecutor | None = None,
 ) -> _Decoded:
+    """Decode and preprocess `items` (on `pool`'s threads when given; Pillow's decoders and
+    resizers release the GIL); an item whose pixels differ in shape from the first is failed."""
     start = time.perf_counter()
-    rows: list[torch.Tensor | None] = []
-    errors: list[str | None] = []
-    sizes: list[tuple[int, int] | None] = []
-    shape: tuple[int, ...] | None = None
-    for item in items:
+
+    def one(item: Item) -> _Row:
         if abort is not None and abort.is_set():  # the run is over: skip the rest
-            pixels, error, size = None, "cancelled", None
-        else:
-            pixels, error, size = _decode_one(item, preprocess, target_size, shape)
-        if pixels is not None and shape is None:
-            shape = tuple(pixels.shape)
+            return None, "cancelled", None
+        return _decode_one(item, preprocess, target_size)
+
+    results = list(pool.map(one, items)) if pool is not None else [one(i) for i in items]
+    shape = next((tuple(r[0].shape) for r in results if r[0] is not None), None)
+    rows, errors, sizes = [], [], []
+    for pixels, error, size in results:
+        if pixels is not None and tuple(pixels.shape) != shape:
+            pixels, error = None, f"preprocess gave shape {tuple(pixels.shape)}, expected {shape}"
         rows.append(pixels)
         errors.append(error)
         sizes.append(size)
@@ -316,22 +323,28 @@ class _Stopped(Exception):
 def _inline_decode(
     chunks: Iterable[list[Item]], model: ClipModel,
 ) -> Iterator[tuple[list[Item], _Decoded]]:
-    for chunk in chunks:
-        yield chunk, _decode_chunk(chunk, model.preprocess, model.image_size)
+    """Decode in this process between batches, one thread per core."""
+    with ThreadPoolExecutor(usable_cores(), thread_name_prefix="clipsift-decode") as pool:
+        for chunk in chunks:
+            yield chunk, _decode_chunk(chunk, model.preprocess, model.image_size, pool=pool)
 
 
 # ---- batching and encoding (main process) -------------------------------------------------
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Decode processes used when `workers=None`: one per core, leaving one for the encoder.
 
     Returns:
         min(MAX_DEFAULT_WORKERS, usable cores - 1), at least 1.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, cores - 1))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
 
 
 def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -403,8 +416,9 @@ def embed_items(
         model: the model; its `preprocess` must be picklable when workers > 0.
         items: items to embed (e.g. `clipsift.sources.iter_items(...)`), read lazily.
         batch_size: items per yielded batch (and per encoder call, minus failures).
-        workers: decode processes; 0 decodes in this process (tiny jobs, tests); None
-            picks `default_workers()`, or 0 when there are fewer than 2 batches of items.
+        workers: decode processes; 0 decodes in this process, one thread per core, between
+            batches (small jobs, tests); None picks `default_workers()`, or 0 when there are
+            fewer than INLINE_BELOW_BATCHES batches of items.
         prefetch: chunks in flight per worker (bounds memory; at least 2 batches' worth).
         on_batch: called with each batch of results before it is yielded.
         stop: when set, the run ends after the current batch; workers are shut down.
@@ -422,9 +436,9 @@ def embed_items(
     _check_options(batch_size, workers, prefetch)
     stats = stats if stats is not None else PipelineStats()
     source = iter(items)
-    head = list(itertools.islice(source, 2 * batch_size))
+    head = list(itertools.islice(source, INLINE_BELOW_BATCHES * batch_size))
     if workers is None:
-        workers = default_workers() if len(head) == 2 * batch_size else 0
+        workers = default_workers() if len(head) == INLINE_BELOW_BATCHES * batch_size else 0
     stats.workers = workers
     chunk_size = max(1, min(MAX_CHUNK, math.ceil(batch_size / max(1, workers))))
     chunks = _chunks(itertools.chain(head, source), chunk_size)
