@@ -1,4 +1,4 @@
-"""Rendered animal, ship and vehicle sprites from two strategy games (used by prepare_data.py).
+"""Rendered animal, ship and vehicle sprites of two games (`prepare_data.py --game-sprites`).
 
 - ``widelands-data`` (Widelands): its wild animals (deer, stag, reindeer, moose, wolf, fox,
   lynx, bear, boar, sheep...), the tribes' beasts of burden (horse, ox, donkey, reindeer,
