@@ -30,7 +30,7 @@ from bench._common import (
     write_json,
 )
 
-MODES = {"processes (default, workers=1 here)": None, "in-process threads (workers=0)": 0}
+MODES = {"processes (default_workers())": None, "in-process threads (workers=0)": 0}
 
 
 def _rate(model, files: list[Path], workers: int | None) -> float:
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     large = make_large(photos, work / "large", args.large)
     model = clipsift.load(f"ViT-B-32:{vit_b32_weights(work)}")
     _rate(model, photos[:64], 0)  # warm-up
-    result = {"machine": machine_info(), "runs": []}
+    from clipsift.pipeline import default_workers
+
+    result = {"machine": machine_info(), "default_workers": default_workers(), "runs": []}
     for name, files in (("large", large), ("photos", photos)):
         for size in (int(s) for s in args.sizes.split(",")):
             row = {"set": name, **run(model, files[:size], args.rounds)}

@@ -88,12 +88,12 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, image_si
     """Decode + preprocess a batch of item rows into pixels (zeros where it failed)."""
     import torch
 
-    from clipsift.pipeline import _decode_chunk
+    from clipsift.decode_stage import decode_chunk
 
     torch.set_num_threads(1)
     cols = ("key", "path", "shard", "offset", "size", "mtime", "data")
     items = [_row_item(*values) for values in zip(*(batch[c] for c in cols), strict=True)]
-    decoded = _decode_chunk(items, preprocess, image_size)
+    decoded = decode_chunk(items, preprocess, image_size)
     pixels = np.zeros((len(items), *shape), np.float32)
     for i, row in enumerate(decoded.rows()):
         if row is not None:

@@ -152,8 +152,8 @@ def widelands_rows(root: Path, images: Path, row: Row, max_side: int) -> list[di
         group = f"widelands/{kind}/{folder.name}"
         for anim, spec in spritesheets(text).items():
             for direction, path in sheet_files(folder, anim, bool(spec["directional"])):
-                with Image.open(path) as sheet:
-                    sheet = sheet.convert("RGBA")
+                with Image.open(path) as im:
+                    sheet = im.convert("RGBA")
                 for index, frame in sheet_frames(sheet, spec, FRAMES_PER_ANIMATION):
                     box = frame.getchannel("A").getbbox()
                     if box is None or min(box[2] - box[0], box[3] - box[1]) < MIN_SIDE:
@@ -181,9 +181,11 @@ def freeciv_grid(spec_text: str) -> tuple[dict[str, int], list[tuple[int, int, s
 def freeciv_rows(root: Path, images: Path, row: Row, max_side: int) -> list[dict]:
     rows = []
     for spec_name in FREECIV_SHEETS:
-        spec = root / FREECIV / spec_name
-        geometry, tiles = freeciv_grid(spec.read_text(encoding="utf-8"))
-        gfx = re.search(r'gfx\s*=\s*"([^"]+)"', spec.read_text(encoding="utf-8"))
+        text = (root / FREECIV / spec_name).read_text(encoding="utf-8")
+        geometry, tiles = freeciv_grid(text)
+        gfx = re.search(r'gfx\s*=\s*"([^"]+)"', text)
+        if gfx is None:
+            raise ValueError(f"{spec_name}: no gfx = \"...\" line naming its image")
         with Image.open(root / FREECIV / f"{gfx.group(1)}.png") as im:
             sheet = im.convert("RGBA")
         x0, y0 = geometry.get("x_top_left", 0), geometry.get("y_top_left", 0)

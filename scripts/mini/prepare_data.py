@@ -465,12 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="include the skin-tone variants of emoji (1,780 near-copies of base emoji)",
     )
-    parser.add_argument(
-        "--game-sprites",
-        action="store_true",
-        help="add the Widelands and Freeciv sprites (game_sprites.py; measured, not in the "
-        "shipped model: see its model card)",
-    )
+    parser.add_argument("--game-sprites", action="store_true", help="add the Widelands and "
+                        "Freeciv sprites (game_sprites.py; not in the shipped model)")
     return parser.parse_args(argv)
 
 
