@@ -197,10 +197,19 @@ class PoolDecoder:
         """Shut the pool down; with `abort`, chunks in flight stop after their current image."""
         if abort:
             self._abort.set()
+        self._shutdown_pool()
+
+    def _shutdown_pool(self) -> None:
+        """Shut the pool down. A broken pool's manager thread joins every worker, and a worker
+        spawned (on demand, by a submit) as the pool broke is never told to exit, so the join
+        would wait forever (seen once in CI): kill a broken pool's workers first."""
+        if getattr(self._pool, "_broken", False):  # set before BrokenProcessPool is raised
+            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                proc.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _restart(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._shutdown_pool()
         self._pool = self._new_pool()
 
     def _wait(self, fut: Future) -> bool:
