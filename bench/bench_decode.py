@@ -34,8 +34,8 @@ MODES = {"processes (default_workers())": None, "in-process threads (workers=0)"
 
 
 def _rate(model, files: list[Path], workers: int | None) -> float:
-    from clipsift.pipeline import embed_items
-    from clipsift.sources import iter_items
+    from clipsift.engines.local import embed_items
+    from clipsift.inputs.sources import iter_items
 
     start = time.perf_counter()
     for _ in embed_items(model, iter_items([str(f) for f in files]), batch_size=64,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     large = make_large(photos, work / "large", args.large)
     model = clipsift.load(f"ViT-B-32:{vit_b32_weights(work)}")
     _rate(model, photos[:64], 0)  # warm-up
-    from clipsift.pipeline import default_workers
+    from clipsift.engines.local import default_workers
 
     result = {"machine": machine_info(), "default_workers": default_workers(), "runs": []}
     for name, files in (("large", large), ("photos", photos)):

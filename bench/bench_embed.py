@@ -12,7 +12,7 @@ What it measures (ViT-B-32 with random weights saved to a local file):
               matmul measurement just before it (median over --rounds rounds);
   naive       open one image, preprocess, encode_image, repeat (open_clip, torch defaults);
   plain       open + preprocess a batch in one process, then encode it (no overlap);
-  clipsift    `clipsift.pipeline.embed_items` (decode workers overlapped with the encoder),
+  clipsift    `clipsift.engines.local.embed_items` (decode workers overlapped with the encoder),
               per precision; also the `clipsift embed` CLI;
   clip-retrieval  `clip-retrieval inference` from its own venv (`--cr-python`), with its
               defaults and with settings suited to this machine.
@@ -130,8 +130,8 @@ def plain_batching(weights: Path, files: list[Path], dataset: str, device: str,
 def clipsift_library(weights: Path, folder: Path, n: int, dataset: str, precision: str,
                      args: argparse.Namespace) -> dict[str, Any]:
     import clipsift
-    from clipsift.pipeline import PipelineStats, embed_items
-    from clipsift.sources import iter_items
+    from clipsift.engines.local import PipelineStats, embed_items
+    from clipsift.inputs.sources import iter_items
 
     model = clipsift.load(f"ViT-B-32:{weights}", device=args.device, precision=precision)
     stats = PipelineStats()
@@ -213,7 +213,7 @@ def model_only(weights: Path, photos: list[Path], precisions: list[str],
     import torch
 
     import clipsift
-    from clipsift.images import open_image
+    from clipsift.inputs.images import open_image
 
     models = {p: clipsift.load(f"ViT-B-32:{weights}", device=args.device, precision=p)
               for p in precisions}

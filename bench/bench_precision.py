@@ -60,7 +60,7 @@ def default_precisions(device: str) -> list[str]:
 def embed(model: Any, paths: list[Path], batch_size: int):
     import numpy as np
 
-    from clipsift.pipeline import embed_paths
+    from clipsift.engines.local import embed_paths
 
     results, _ = embed_paths(model, [str(p) for p in paths], batch_size=batch_size)
     bad = [r for r in results if r.vector is None]
@@ -87,8 +87,8 @@ def cifar10(dest: Path, limit: int) -> tuple[list[Path], list[int], list[str]]:
 def zero_shot_top1(model: Any, vectors, labels: list[int], classes: list[str]) -> float:
     import numpy as np
 
-    from clipsift.templates import named_templates
-    from clipsift.zeroshot import ZeroShotClassifier
+    from clipsift.zeroshot.classifier import ZeroShotClassifier
+    from clipsift.zeroshot.templates import named_templates
 
     clf = ZeroShotClassifier(model, classes, named_templates("simple"))
     probs, _ = clf.probabilities(vectors)
@@ -124,7 +124,7 @@ def reference(name: str, data: dict[str, Any], args: argparse.Namespace) -> dict
     import torch
 
     import clipsift
-    from clipsift.images import open_image
+    from clipsift.inputs.images import open_image
 
     model = clipsift.load(name, device=args.device)
     data["pixels"] = torch.stack([model.preprocess(open_image(p, model.image_size))

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsift.store import NewItem, Store
-from clipsift.vectorindex import AnnConfig, VectorIndex
+from clipsift.index.ann import AnnConfig, VectorIndex
+from clipsift.index.store import NewItem, Store
 
 
 def synthetic(n: int, dim: int, centers: int, noise: float, seed: int,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsift.store import NewItem, Store
+from clipsift.index.store import NewItem, Store
 
 WORDS = ["dog", "cat", "bird", "fish", "car", "tree", "house", "beach", "mountain", "sunset",
          "river", "city", "street", "night", "snow", "forest", "flower", "red", "blue",

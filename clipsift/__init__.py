@@ -18,16 +18,16 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load": "clipsift.models",
     "ClipModel": "clipsift.models.base",
-    "classify": "clipsift.zeroshot",
-    "iter_classify": "clipsift.zeroshot",
-    "Classification": "clipsift.zeroshot",
-    "LabelScore": "clipsift.zeroshot",
-    "ZeroShotClassifier": "clipsift.zeroshot",
+    "classify": "clipsift.zeroshot.classifier",
+    "iter_classify": "clipsift.zeroshot.classifier",
+    "Classification": "clipsift.zeroshot.classifier",
+    "LabelScore": "clipsift.zeroshot.classifier",
+    "ZeroShotClassifier": "clipsift.zeroshot.classifier",
     "embed_to_parquet": "clipsift.embed",
     "similarity": "clipsift.embed",
-    "open_image": "clipsift.images",
-    "Index": "clipsift.index",
-    "Hit": "clipsift.search",
+    "open_image": "clipsift.inputs.images",
+    "Index": "clipsift.index.index",
+    "Hit": "clipsift.index.query",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -41,8 +41,8 @@ def embed_to_parquet(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipsift.pipeline import embed_items
-    from clipsift.sources import iter_items
+    from clipsift.engines.local import embed_items
+    from clipsift.inputs.sources import iter_items
 
     schema = pa.schema(
         [("kind", pa.string()), ("source", pa.string()), ("embedding", pa.list_(pa.float32()))],
@@ -101,8 +101,8 @@ class SimilarityMatrix:
 def similarity(model, images: Sequence[str], texts: Sequence[str], *, workers: int | None = 0
                ) -> SimilarityMatrix:
     """Cosine matrix between image inputs and texts; failed images are listed, not fatal."""
-    from clipsift.pipeline import embed_items
-    from clipsift.sources import iter_items
+    from clipsift.engines.local import embed_items
+    from clipsift.inputs.sources import iter_items
 
     keys, vecs, failed = [], [], []
     for batch in embed_items(model, iter_items(list(images)), workers=workers):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests import tinymodels
+from tests.support import tinymodels
+from tests.support.helpers import extract_photos
 
 SHARED = tinymodels.SHARED
 
@@ -48,56 +48,3 @@ def hf_cn_clip_dir(tmp_path_factory) -> Path:
 def photos(tmp_path_factory) -> list[Path]:
     """40 real ImageNet sample photos extracted to a temp folder."""
     return extract_photos(tmp_path_factory.mktemp("photos"), 40)
-
-
-def extract_photos(dest: Path, count: int) -> list[Path]:
-    tar_path = SHARED / "imagenet-samples.tar"
-    if not tar_path.exists():
-        pytest.skip(f"{tar_path} not found")
-    out = []
-    with tarfile.open(tar_path) as tf:
-        for member in tf:
-            if member.isfile() and member.name.lower().endswith(".jpeg"):
-                target = dest / Path(member.name).name
-                with tf.extractfile(member) as src:
-                    target.write_bytes(src.read())
-                out.append(target)
-                if len(out) >= count:
-                    break
-    return sorted(out)
-
-
-def load_script(path: Path, name: str):
-    """Import a script that is not in a package (scripts/...) as module `name`; yields it
-    and removes it from sys.modules afterwards (use from a fixture)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    try:
-        yield module
-    finally:
-        sys.modules.pop(name, None)
-
-
-MINI_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "mini"
-
-
-def load_mini_source(filename: str):
-    """Import a scripts/mini data module that imports ``photo_sources`` by name (as
-    prepare_data.py does); yields it (use from a fixture)."""
-    photo = load_script(MINI_SCRIPTS / "photo_sources.py", "photo_sources")
-    next(photo)
-    try:
-        yield from load_script(MINI_SCRIPTS / filename, f"mini_{Path(filename).stem}")
-    finally:
-        next(photo, None)
-
-
-def pair_row(image, caption, group, source, lang="en") -> dict:
-    """A pairs.parquet row, as prepare_data.row makes them."""
-    return {"image": str(image), "caption": caption, "group": group, "source": source,
-            "lang": lang}

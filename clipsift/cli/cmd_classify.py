@@ -42,8 +42,8 @@ def classify_cmd(
     """Label probabilities for each image (softmax over logit_scale x cosine)."""
     import json
 
-    from clipsift.templates import parse_labels, resolve_templates
-    from clipsift.zeroshot import iter_classify
+    from clipsift.zeroshot.classifier import iter_classify
+    from clipsift.zeroshot.templates import parse_labels, resolve_templates
 
     label_list = parse_labels(labels, labels_file)
     prompts = resolve_templates(template, templates)

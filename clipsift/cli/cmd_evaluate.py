@@ -75,8 +75,8 @@ def evaluate_cmd(
     """Zero-shot accuracy on labelled images: compare prompt wordings, find where it fails."""
     import json
 
-    from clipsift.datasets import EmbeddingCache, default_cache_path, load_dataset
-    from clipsift.evaluate import EvalOptions, evaluate
+    from clipsift.evaluation.datasets import EmbeddingCache, default_cache_path, load_dataset
+    from clipsift.evaluation.evaluate import EvalOptions, evaluate
 
     ds = load_dataset(dataset, class_names=class_names, split=split, max_per_class=per_class)
     m = load_model(model, device)
@@ -89,7 +89,7 @@ def evaluate_cmd(
     ev = evaluate(m, ds, emb, prompts,
                   EvalOptions(search=search_prompts, few_shot=few_shot, holdout=holdout, seed=seed))
     if report:
-        from clipsift.report import write_report
+        from clipsift.evaluation.report import write_report
 
         write_report(ev, ds, report)
     if json_out:
@@ -106,7 +106,7 @@ def _embed(model, ds, store, index, batch_size, workers):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from clipsift.datasets import embed_dataset
+    from clipsift.evaluation.datasets import embed_dataset
 
     console = Console(stderr=True)
     with Progress("[progress.description]{task.description}", BarColumn(),

@@ -52,7 +52,7 @@ def _model(name: str | None, device: str, index: str | None):
     from clipsift.cli.common import load_model
 
     if index is not None and name is None:
-        from clipsift.index import Index
+        from clipsift.index.index import Index
 
         with Index(index, create=False) as idx:
             return load_model(idx.store.meta.model, device)
@@ -80,7 +80,7 @@ def _progress_bar(total: int | None, quiet: bool):
 
 
 def _build_rule(keep, drop, preset, threshold, margin, top, top_fraction, invert):
-    from clipsift.filter_rules import Rule, parse_preset, parse_prompt
+    from clipsift.sift.rules import Rule, parse_preset, parse_prompt
 
     return Rule(keep=tuple(parse_prompt(t) for t in keep or []),
                 drop=tuple(parse_prompt(t) for t in drop or []),
@@ -102,8 +102,8 @@ def _calibrate(model, rule, examples: str, engine, batch_size: int, json_out: bo
     import json
 
     from clipsift.cli.output import notice
-    from clipsift.filter import calibrate_rule
-    from clipsift.filter_rules import apply_calibration
+    from clipsift.sift.filter import calibrate_rule
+    from clipsift.sift.rules import apply_calibration
 
     cal = calibrate_rule(model, rule, examples, engine=engine, batch_size=batch_size)
     msg = (f"calibrated {cal.target} = {cal.value:.4f} on {cal.positives} positive and "
@@ -179,7 +179,7 @@ def _run(model, rule, output, inputs, index, place, engine, batch_size, fresh, q
     import signal
     import threading
 
-    from clipsift.filter import run_filter
+    from clipsift.sift.filter import run_filter
 
     total = None
     if not quiet:
@@ -202,11 +202,11 @@ def _run(model, rule, output, inputs, index, place, engine, batch_size, fresh, q
 
 def _total(inputs, index) -> int | None:
     if index is not None:
-        from clipsift.index import Index
+        from clipsift.index.index import Index
 
         with Index(index, create=False) as idx:
             return idx.store.count()
-    from clipsift.sources import count_items
+    from clipsift.inputs.sources import count_items
 
     return count_items(inputs)
 
@@ -256,7 +256,7 @@ def dedup_cmd(
 ) -> None:
     """Group near-duplicate images (FAISS range search) and pick a keeper per group."""
     from clipsift.cli.output import notice
-    from clipsift.dedup import find_duplicates, write_groups_html, write_groups_parquet
+    from clipsift.sift.dedup import find_duplicates, write_groups_html, write_groups_parquet
 
     coll = _collection(sources, index, model, device, batch_size, engine,
                        (workers, ray_address, ray_cpus, encoders))
@@ -274,7 +274,7 @@ def dedup_cmd(
 
 
 def _collection(sources, index, model, device, batch_size, engine, engine_opts):
-    from clipsift.dedup import collection_from_index, collection_from_inputs
+    from clipsift.sift.dedup import collection_from_index, collection_from_inputs
 
     inputs, index_path = _split_sources(sources, index)
     if index_path is not None:
@@ -314,7 +314,7 @@ def unique_cmd(
     """Rank images by how unusual they are: mean distance to their k nearest neighbours."""
     import json
 
-    from clipsift.dedup import uniqueness, write_unique_parquet
+    from clipsift.sift.dedup import uniqueness, write_unique_parquet
 
     coll = _collection(sources, index, model, device, batch_size, engine,
                        (workers, ray_address, ray_cpus, encoders))

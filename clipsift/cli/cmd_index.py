@@ -52,7 +52,7 @@ def index_cmd(
     import signal
     import threading
 
-    from clipsift.index import Index, resolve_index_path
+    from clipsift.index.index import Index, resolve_index_path
 
     path = resolve_index_path(index)
     idx = Index(path, _model_for(path, model, precision))
@@ -80,7 +80,7 @@ def _model_for(path, name: str | None, precision: str = "fp32"):
     if path.exists() and precision == "fp32":
         return name  # None: use the model the index records; a name: checked against it
     if path.exists() and name is None:  # the recorded model, at another precision
-        from clipsift.store import Store
+        from clipsift.index.store import Store
 
         store = Store.open(path)
         try:
@@ -94,7 +94,7 @@ def _run_add(idx, paths, stop, *, quiet: bool, **opts):
     if quiet:
         return idx.add(paths, stop=stop, **opts)
     from clipsift.cli.output import progress_bar
-    from clipsift.sources import count_items
+    from clipsift.inputs.sources import count_items
 
     total = count_items(paths, recursive=opts.get("recursive", True))
     with progress_bar("[bold]indexing", "{task.fields[rate]:.1f} img/s",
@@ -135,8 +135,8 @@ def search_cmd(
 ) -> None:
     """Search an index by text, image, or both; or caption an image from a list."""
     from clipsift.errors import UsageError
-    from clipsift.index import Index
-    from clipsift.search import Term, parse_query, read_captions
+    from clipsift.index.index import Index
+    from clipsift.index.query import Term, parse_query, read_captions
 
     idx = Index(index, create=False)
     try:
@@ -152,7 +152,7 @@ def search_cmd(
         terms = parse_query(query).terms if query is not None else ()
         if image is not None:
             terms = (*terms, Term(image, 1.0, "image"))
-        from clipsift.search import Query
+        from clipsift.index.query import Query
 
         _print_hits(idx.search(Query(terms), k, threshold), json_out)
     finally:
@@ -185,7 +185,7 @@ def errors_cmd(index: IndexArg, json_out: JsonOpt = False) -> None:
     """List the files an index could not embed, with the reason."""
     import json
 
-    from clipsift.index import Index
+    from clipsift.index.index import Index
 
     with Index(index, create=False) as idx:
         for row in idx.errors():
@@ -202,8 +202,8 @@ def export_cmd(
 ) -> None:
     """Write an index's items and embeddings to Parquet (for pandas, duckdb, Spark)."""
     from clipsift.cli.output import notice
-    from clipsift.export import export_parquet
-    from clipsift.index import Index
+    from clipsift.index.export import export_parquet
+    from clipsift.index.index import Index
 
     with Index(index, create=False) as idx:
         s = export_parquet(idx.store, output)

@@ -1,10 +1,10 @@
 """Execution engines: where the read -> decode -> encode stages of bulk embedding run.
 
-Both engines turn a stream of `clipsift.sources.Item` into batches of
-`clipsift.pipeline.EmbedResult`, in input order, with the same per-item error handling,
+Both engines turn a stream of `clipsift.inputs.sources.Item` into batches of
+`clipsift.engines.local.EmbedResult`, in input order, with the same per-item error handling,
 so the verbs built on them (filter, dedup) give the same results whichever runs them:
 
-    local   decode worker processes + one encoder in this process (clipsift.pipeline)
+    local   decode worker processes + one encoder in this process (clipsift.engines.local)
     ray     Ray Data tasks and encoder actors, on a local Ray or an existing cluster
             (clipsift.engines.ray_engine; needs `pip install clipsift[ray]`)
 
@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Protocol
 from clipsift.errors import UsageError
 
 if TYPE_CHECKING:
+    from clipsift.engines.local import EmbedResult, PipelineStats
+    from clipsift.inputs.sources import Item
     from clipsift.models.base import ClipModel
-    from clipsift.pipeline import EmbedResult, PipelineStats
-    from clipsift.sources import Item
 
 ENGINES = ("local", "ray")
 
@@ -53,7 +53,7 @@ class Engine(Protocol):
 
 @dataclass
 class LocalEngine:
-    """The default engine: `clipsift.pipeline.embed_items` on this machine.
+    """The default engine: `clipsift.engines.local.embed_items` on this machine.
 
     Attributes:
         workers: decode processes (None: automatic, 0: decode in this process).
@@ -65,7 +65,7 @@ class LocalEngine:
     def embed(self, model: ClipModel, items: Iterable[Item], *, batch_size: int = 64,
               stop: threading.Event | None = None, stats: PipelineStats | None = None,
               ) -> Iterator[list[EmbedResult]]:
-        from clipsift.pipeline import embed_items
+        from clipsift.engines.local import embed_items
 
         return embed_items(model, items, batch_size=batch_size, workers=self.workers,
                            stop=stop, stats=stats)

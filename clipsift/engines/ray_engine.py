@@ -3,9 +3,9 @@
     read items  ->  decode (map_batches tasks)  ->  encode (map_batches on an actor pool,
     each actor holding one copy of the model)  ->  stream batches back, or write Parquet
 
-Items are listed by the driver (`clipsift.sources`), sent to the cluster in chunks, decoded
+Items are listed by the driver (`clipsift.inputs.sources`), sent to the cluster in chunks, decoded
 and preprocessed by stateless tasks with exactly the code of the local engine
-(`clipsift.pipeline`), and encoded by `encoders` actors. Order is preserved, errors are
+(`clipsift.engines.local`), and encoded by `encoders` actors. Order is preserved, errors are
 per item, so the results equal the local engine's on the same input.
 
 Ray is started by the engine (a local Ray with `num_cpus` CPUs, no dashboard, shut down by
@@ -36,9 +36,9 @@ import numpy as np
 from clipsift.errors import UsageError
 
 if TYPE_CHECKING:
+    from clipsift.engines.local import EmbedResult, PipelineStats
+    from clipsift.inputs.sources import Item
     from clipsift.models.base import ClipModel, Preprocess
-    from clipsift.pipeline import EmbedResult, PipelineStats
-    from clipsift.sources import Item
 
 #: Items per Ray dataset; larger runs are processed chunk after chunk.
 CHUNK_ITEMS = 50_000
@@ -76,7 +76,7 @@ def _item_row(item: Item) -> dict[str, Any]:
 
 def _row_item(key: str, path: str, shard: str, offset: int, size: int, mtime: float,
               data: bytes) -> Item:
-    from clipsift.sources import Item
+    from clipsift.inputs.sources import Item
 
     return Item(key, path or None, None if size < 0 else int(size),
                 None if math.isnan(mtime) else float(mtime), shard or None,
@@ -88,7 +88,7 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, image_si
     """Decode + preprocess a batch of item rows into pixels (zeros where it failed)."""
     import torch
 
-    from clipsift.decode_stage import decode_chunk
+    from clipsift.engines.decode import decode_chunk
 
     torch.set_num_threads(1)
     cols = ("key", "path", "shard", "offset", "size", "mtime", "data")
@@ -230,7 +230,7 @@ class RayEngine:
               ) -> Iterator[list[EmbedResult]]:
         """Embed `items` on Ray; yield batches of results in input order (like the local
         engine). Setting `stop` ends the run after the current batch."""
-        from clipsift.pipeline import EmbedResult, PipelineStats
+        from clipsift.engines.local import EmbedResult, PipelineStats
 
         self.start()
         stats = stats if stats is not None else PipelineStats()

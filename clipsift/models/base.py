@@ -105,10 +105,10 @@ class ClipModel(ABC):
                       ) -> np.ndarray:
         """Embed PIL images or image paths; returns float32 [N, D] with unit rows.
 
-        Paths are opened with `clipsift.images.open_image` (EXIF, modes, bombs); a bad
+        Paths are opened with `clipsift.inputs.images.open_image` (EXIF, modes, bombs); a bad
         path raises `ImageError`. Use `clipsift.embed` for bulk work that must not stop.
         """
-        from clipsift.images import open_image
+        from clipsift.inputs.images import open_image
 
         out: list[np.ndarray] = []
         for start in range(0, len(images), batch_size):

@@ -42,7 +42,7 @@ from clipsift.server.security import (
 from clipsift.server.service import NotFound, PayloadTooLarge, Service
 
 if TYPE_CHECKING:
-    from clipsift.index import Index
+    from clipsift.index.index import Index
     from clipsift.models.base import ClipModel
 
 log = logging.getLogger("clipsift.server")
@@ -67,7 +67,7 @@ def _open(index_path: str | os.PathLike | None, model: ClipModel | str | None
     if index_path is None:
         loaded = model if model is not None and not isinstance(model, str) else load(model)
         return loaded, None
-    from clipsift.index import Index
+    from clipsift.index.index import Index
 
     index = Index(index_path, model, create=False)
     return index.model, index

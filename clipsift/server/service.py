@@ -26,18 +26,18 @@ import numpy as np
 import torch
 
 from clipsift.errors import ClipsiftError, UsageError
-from clipsift.images import open_image
+from clipsift.index.query import CaptionHit, Query, Term, combine, parse_query, rank_captions
+from clipsift.index.store import STATUS_OK
+from clipsift.inputs.images import open_image
+from clipsift.inputs.sources import MEMBER_SEP
 from clipsift.models.base import l2_normalize
-from clipsift.search import CaptionHit, Query, Term, combine, parse_query, rank_captions
 from clipsift.server.batcher import MicroBatcher
 from clipsift.server.config import ServerSettings
 from clipsift.server.thumbs import LRU, Thumbnails
-from clipsift.sources import MEMBER_SEP
-from clipsift.store import STATUS_OK
-from clipsift.templates import check_template, named_templates
+from clipsift.zeroshot.templates import check_template, named_templates
 
 if TYPE_CHECKING:
-    from clipsift.index import Index
+    from clipsift.index.index import Index
     from clipsift.models.base import ClipModel
     from clipsift.server.metrics import Metrics
     from clipsift.server.schemas import ImageInput

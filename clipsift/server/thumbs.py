@@ -19,8 +19,8 @@ from typing import Generic, TypeVar
 from PIL import Image
 
 from clipsift.errors import ImageError
-from clipsift.images import open_image
-from clipsift.sources import MEMBER_SEP
+from clipsift.inputs.images import open_image
+from clipsift.inputs.sources import MEMBER_SEP
 
 K = TypeVar("K")
 V = TypeVar("V")

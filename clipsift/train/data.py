@@ -310,12 +310,12 @@ def fingerprint(items: Sequence[PairItem]) -> str:
 
 # ---- decoding and transforms ---------------------------------------------------------------
 def decode_image(item: PairItem, size_hint: int | None = None) -> Image.Image:
-    """Open an item's image safely (`clipsift.images`); transparent images stay RGBA.
+    """Open an item's image safely (`clipsift.inputs.images`); transparent images stay RGBA.
 
     Keeping the alpha channel lets augmentation put random backgrounds under clip art.
     Raises `ImageError` (or any decoder error) for a bad image.
     """
-    from clipsift.images import MAX_PIXELS, open_image
+    from clipsift.inputs.images import MAX_PIXELS, open_image
 
     raw = item.read_bytes()
     with Image.open(io.BytesIO(raw)) as probe:

@@ -36,8 +36,8 @@ def _extract(tar_path: Path, dest: Path) -> None:
 
 
 def _embed(model, paths: list[Path]) -> np.ndarray:
-    from clipsift.pipeline import embed_items
-    from clipsift.sources import iter_items
+    from clipsift.engines.local import embed_items
+    from clipsift.inputs.sources import iter_items
 
     vecs = []
     for batch in embed_items(model, iter_items([str(p) for p in paths]), batch_size=256):
@@ -49,7 +49,7 @@ def _embed(model, paths: list[Path]) -> np.ndarray:
 
 
 def _accuracy(model, vecs, truth, classes, templates, ks=(1, 5)) -> dict[str, float]:
-    from clipsift.templates import class_embeddings
+    from clipsift.zeroshot.templates import class_embeddings
 
     scores = vecs @ class_embeddings(model, classes, templates).T  # [N, C]
     order = np.argsort(-scores, axis=1)
@@ -85,7 +85,7 @@ def imagenet(model, tmp: Path) -> dict:
     index = {w: i for i, w in enumerate(wnids)}  # standard order: sorted wnids
     truth = [index[f.name.split("_", 1)[0]] for f in files]
     vecs = _embed(model, files)
-    from clipsift.templates import named_templates
+    from clipsift.zeroshot.templates import named_templates
 
     return {
         "images": len(files),

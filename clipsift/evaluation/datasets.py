@@ -1,0 +1,498 @@
+"""Labelled image datasets for evaluation: class folders, Roboflow CLIP exports, manifests.
+
+Layouts `load_dataset` understands:
+    - a folder per class: ``root/<class>/**/*.jpg`` (files directly under root are ignored);
+    - the Roboflow "OpenAI CLIP Classification" export: ``test/<class>/...`` plus
+      ``test/_tokenization.txt`` with one prompt per class, in the alphabetical order of the
+      class folders (give the export root or its ``test`` folder; ``--split`` picks another);
+    - a tar shard holding ``.../<class>/<image>`` members (e.g. a CIFAR-10 test tarball);
+    - a CSV or Parquet manifest with ``path`` and ``label`` columns (relative paths are
+      resolved against the manifest's folder).
+
+Class names shown to the model come from folder names (or manifest labels) with ``_`` and
+``-`` turned into spaces ("golden_retriever" -> "golden retriever"); a mapping file (JSON
+object or two-column CSV ``folder,name``) overrides them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clipsift.errors import UsageError
+from clipsift.inputs.images import IMAGE_EXTENSIONS
+from clipsift.inputs.sources import Item, iter_items, iter_tar
+
+TOKENIZATION_FILE = "_tokenization.txt"
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+ROBOFLOW_SPLITS = ("test", "valid", "train")
+_PATH_COLUMNS = ("path", "filepath", "file", "filename", "image")
+_LABEL_COLUMNS = ("label", "class", "category")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: the item to read and its class index into `Dataset.classes`."""
+
+    item: Item
+    label: int
+
+    @property
+    def key(self) -> str:
+        return self.item.key
+
+
+@dataclass
+class Dataset:
+    """A labelled dataset, classes in alphabetical order of their folder names / raw labels.
+
+    Attributes:
+        root: what was loaded (folder, tar or manifest path).
+        kind: "folders", "roboflow", "tar" or "manifest".
+        folders: raw class names (folder names or manifest labels), sorted.
+        classes: display names used in prompts, aligned with `folders`.
+        samples: the images with their labels, in a deterministic order.
+        prompts: per-class prompts from a Roboflow `_tokenization.txt`, else None.
+        notes: things the user should know that did not stop loading.
+    """
+
+    root: str
+    kind: str
+    folders: list[str]
+    classes: list[str]
+    samples: list[Sample]
+    prompts: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 [N] class index of every sample."""
+        return np.fromiter((s.label for s in self.samples), np.int64, len(self.samples))
+
+    def counts(self) -> list[int]:
+        """Images per class, aligned with `classes`."""
+        return np.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+
+def class_display_name(raw: str) -> str:
+    """A folder name as a class name for prompts: `_`/`-` become spaces, runs collapse."""
+    return " ".join(raw.replace("_", " ").replace("-", " ").split()) or raw
+
+
+def load_dataset(path: str | os.PathLike, *, class_names: str | os.PathLike | None = None,
+                 split: str | None = None, max_per_class: int | None = None) -> Dataset:
+    """Load a labelled dataset from a class-folder tree, Roboflow export, tar or manifest.
+
+    Args:
+        path: the dataset (see the module docstring for the layouts).
+        class_names: a mapping file (JSON object or CSV `folder,name`) overriding names.
+        split: Roboflow split folder to use (default: test, else valid, else train).
+        max_per_class: keep at most this many images per class (the first in sorted order).
+    Returns:
+        A Dataset with at least two classes, each with at least one image.
+    Raises:
+        UsageError: missing path, a class without images, fewer than two classes, a
+            tokenization file whose line count differs from the class count, a bad
+            manifest or mapping file.
+
+    Example:
+        >>> ds = load_dataset("flowers/")      # flowers/daisy/*.jpg, flowers/dandelion/*.jpg
+        >>> ds.classes, ds.counts()
+        (['daisy', 'dandelion'], [40, 41])
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"dataset {str(p)!r} does not exist; give a folder with one "
+                         "sub-folder per class, a Roboflow CLIP export, a tar, or a CSV/Parquet "
+                         "manifest with path,label columns")
+    if max_per_class is not None and max_per_class < 1:
+        raise UsageError(f"max_per_class must be at least 1, got {max_per_class}")
+    if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
+        ds = _from_manifest(p)
+    elif p.is_file() and p.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
+        ds = _from_tar(p)
+    elif p.is_dir():
+        ds = _from_folder(p, split)
+    else:
+        raise UsageError(f"cannot read {str(p)!r} as a dataset: expected a folder, a .tar, "
+                         f"or a manifest ({', '.join(MANIFEST_SUFFIXES)})")
+    if class_names is not None:
+        names = load_class_names(class_names, ds.folders)
+        ds.classes = [names.get(f, c) for f, c in zip(ds.folders, ds.classes, strict=True)]
+    if max_per_class is not None:
+        _cap(ds, max_per_class)
+    _check_classes(ds)
+    return ds
+
+
+# ---- layouts ------------------------------------------------------------------------------
+def _split_folder(root: Path, split: str | None) -> Path:
+    """The folder holding the class folders: a Roboflow split, or root itself."""
+    if split is not None:
+        sub = root / split
+        if not sub.is_dir():
+            found = [s for s in ROBOFLOW_SPLITS if (root / s).is_dir()]
+            raise UsageError(f"no split folder {split!r} in {str(root)!r}; found: "
+                             f"{', '.join(found) or 'none'}")
+        return sub
+    if (root / TOKENIZATION_FILE).is_file():
+        return root
+    for name in ROBOFLOW_SPLITS:
+        if (root / name / TOKENIZATION_FILE).is_file():
+            return root / name
+    subdirs = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+    if subdirs and subdirs <= set(ROBOFLOW_SPLITS):  # an export root: test/ train/ valid/
+        return root / next(s for s in ROBOFLOW_SPLITS if s in subdirs)
+    return root
+
+
+def _from_folder(root: Path, split: str | None) -> Dataset:
+    folder = _split_folder(root, split)
+    subdirs = sorted(e.name for e in os.scandir(folder)
+                     if e.is_dir() and not e.name.startswith("."))
+    if not subdirs:
+        raise UsageError(f"{str(folder)!r} has no class folders; expected "
+                         f"{folder}/<class>/<image>.jpg, one folder per class")
+    samples: list[Sample] = []
+    empty: list[str] = []
+    for label, name in enumerate(subdirs):
+        items = list(iter_items([str(folder / name)]))
+        if not items:
+            empty.append(name)
+        samples.extend(Sample(it, label) for it in items)
+    if empty:
+        raise UsageError(f"class folder(s) without images in {str(folder)!r}: "
+                         f"{', '.join(empty)}; add images or remove the folder(s)")
+    ds = Dataset(str(folder), "folders", subdirs, [class_display_name(s) for s in subdirs],
+                 samples)
+    tok = folder / TOKENIZATION_FILE
+    if tok.is_file():
+        ds.kind = "roboflow"
+        ds.prompts = read_tokenization(tok, subdirs)
+    loose = [e.name for e in os.scandir(folder) if e.is_file()
+             and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+    if loose:
+        ds.notes.append(f"{len(loose)} image(s) directly in {folder} have no class folder "
+                        "and were ignored")
+    return ds
+
+
+def read_tokenization(path: str | os.PathLike, folders: Sequence[str]) -> list[str]:
+    """Per-class prompts from a Roboflow `_tokenization.txt` (one line per class, sorted).
+
+    Raises:
+        UsageError: the number of non-empty lines differs from the number of classes.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as ex:
+        raise UsageError(f"cannot read tokenization file {str(path)!r}: {ex}") from ex
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) != len(folders):
+        raise UsageError(
+            f"tokenization file {str(path)!r} has {len(lines)} prompt line(s) but the dataset "
+            f"has {len(folders)} class folder(s) ({', '.join(folders)}); it needs one line per "
+            "class, in the alphabetical order of the class folders"
+        )
+    return lines
+
+
+def _from_tar(path: Path) -> Dataset:
+    """Members `.../<class>/<image>` of a tar: the class is the member's parent folder."""
+    by_class: dict[str, list[Item]] = {}
+    for item in iter_tar(str(path)):
+        member = item.key.rsplit("::", 1)[-1]
+        parts = member.split("/")
+        if len(parts) < 2:
+            raise UsageError(f"tar member {member!r} of {str(path)!r} is not inside a class "
+                             "folder; expected members like <class>/<image>.jpg")
+        by_class.setdefault(parts[-2], []).append(item)
+    folders = sorted(by_class)
+    samples = [Sample(it, label) for label, name in enumerate(folders)
+               for it in sorted(by_class[name], key=lambda i: i.key)]
+    return Dataset(str(path), "tar", folders, [class_display_name(f) for f in folders],
+                   samples)
+
+
+def _manifest_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return [{k: "" if v is None else str(v) for k, v in row.items()}
+                    for row in pq.read_table(path).to_pylist()]
+        delim = "\t" if path.suffix.lower() == ".tsv" else ","
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            return list(csv.DictReader(fh, delimiter=delim))
+    except Exception as ex:  # OSError, csv.Error, decoding errors, pyarrow's own errors
+        raise UsageError(f"cannot read manifest {str(path)!r}: {ex}") from ex
+
+
+def _pick_column(columns: Sequence[str], wanted: Sequence[str], path: Path, role: str) -> str:
+    lower = {c.strip().lower(): c for c in columns}
+    for w in wanted:
+        if w in lower:
+            return lower[w]
+    raise UsageError(f"manifest {str(path)!r} has no {role} column (looked for "
+                     f"{', '.join(wanted)}); its columns are: {', '.join(columns) or 'none'}")
+
+
+def _from_manifest(path: Path) -> Dataset:
+    rows = _manifest_rows(path)
+    if not rows:
+        raise UsageError(f"manifest {str(path)!r} has no rows")
+    cols = list(rows[0].keys())
+    pcol = _pick_column(cols, _PATH_COLUMNS, path, "path")
+    lcol = _pick_column(cols, _LABEL_COLUMNS, path, "label")
+    base = path.parent.resolve()
+    pairs: list[tuple[str, str]] = []
+    for n, row in enumerate(rows, start=2):
+        rel, label = (row.get(pcol) or "").strip(), (row.get(lcol) or "").strip()
+        if not rel or not label:
+            raise UsageError(f"manifest {str(path)!r} row {n}: empty {pcol!r} or {lcol!r}")
+        pairs.append((str(base / os.path.expanduser(rel)), label))
+    folders = sorted({lab for _, lab in pairs})
+    index = {name: i for i, name in enumerate(folders)}
+    samples = [Sample(_file_item(p), index[lab]) for p, lab in pairs]
+    return Dataset(str(path), "manifest", folders, [class_display_name(f) for f in folders],
+                   samples)
+
+
+def _file_item(path: str) -> Item:
+    """An item for a listed file; a missing file still becomes an item (its error counts)."""
+    try:
+        st = os.stat(path)
+        return Item(key=path, path=path, size=st.st_size, mtime=st.st_mtime)
+    except OSError:
+        return Item(key=path, path=path)
+
+
+# ---- names, caps, checks ---------------------------------------------------------------
+def load_class_names(path: str | os.PathLike, folders: Sequence[str]) -> dict[str, str]:
+    """Read a mapping file: a JSON object {folder: name} or CSV/TSV lines `folder,name`.
+
+    Raises:
+        UsageError: unreadable file, bad format, or keys that name no class folder.
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as ex:
+        raise UsageError(f"cannot read class-name mapping {str(p)!r}: {ex}") from ex
+    if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as ex:
+            raise UsageError(f"class-name mapping {str(p)!r} is not valid JSON: {ex}") from ex
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+            raise UsageError(f"class-name mapping {str(p)!r} must be a JSON object of "
+                             '{"folder": "class name"} strings')
+    else:
+        delim = "\t" if "\t" in text else ","
+        mapping = {}
+        for n, row in enumerate(csv.reader(text.splitlines(), delimiter=delim), start=1):
+            if not row or not row[0].strip() or row[0].startswith("#"):
+                continue
+            if len(row) != 2:
+                raise UsageError(f"class-name mapping {str(p)!r} line {n}: expected "
+                                 f"'folder{delim}name', got {delim.join(row)!r}")
+            mapping[row[0].strip()] = row[1].strip()
+    unknown = sorted(set(mapping) - set(folders))
+    if unknown:
+        raise UsageError(f"class-name mapping {str(p)!r} names unknown class folder(s): "
+                         f"{', '.join(unknown)}; the classes are: {', '.join(folders)}")
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
+def _cap(ds: Dataset, n: int) -> None:
+    kept: list[Sample] = []
+    seen = [0] * len(ds.folders)
+    for s in ds.samples:
+        if seen[s.label] < n:
+            kept.append(s)
+            seen[s.label] += 1
+    ds.samples = kept
+
+
+def _check_classes(ds: Dataset) -> None:
+    if len(ds.folders) < 2:
+        raise UsageError(f"dataset {ds.root!r} has {len(ds.folders)} class(es) "
+                         f"({', '.join(ds.folders) or 'none'}); evaluation needs at least two")
+    dupes = sorted({c for c in ds.classes if ds.classes.count(c) > 1})
+    if dupes:
+        raise UsageError(f"several class folders map to the same class name: {', '.join(dupes)}"
+                         "; rename the folders or give a class-name mapping file")
+
+
+# ---- embedding, with a cache ---------------------------------------------------------------
+@dataclass
+class DatasetEmbeddings:
+    """Image embeddings of a dataset's samples.
+
+    Attributes:
+        vectors: float32 [M, D], unit rows, one per sample that could be read.
+        rows: int64 [M], index of each vector's sample in `Dataset.samples`.
+        failures: (key, reason) of every sample that could not be read.
+        encoded: images that went through the model in this run.
+        from_cache: vectors read from the embedding cache.
+        from_index: vectors read from a clipsift index.
+    """
+
+    vectors: np.ndarray
+    rows: np.ndarray
+    failures: list[tuple[str, str]]
+    encoded: int = 0
+    from_cache: int = 0
+    from_index: int = 0
+
+
+def default_cache_path() -> Path:
+    """Where evaluation embeddings are cached: <clipsift cache>/eval-embeddings.sqlite."""
+    from clipsift.models.resolve import cache_dir
+
+    return cache_dir() / "eval-embeddings.sqlite"
+
+
+class EmbeddingCache:
+    """Image vectors (or decode errors) keyed by model name + item key, size and mtime.
+
+    A changed file (other size or mtime) is a miss, so stale vectors are never used.
+    Use as a context manager: `with EmbeddingCache(default_cache_path()) as cache: ...`
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import sqlite3
+
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS vecs (model TEXT NOT NULL, key TEXT NOT NULL, "
+                "size INTEGER NOT NULL, mtime REAL NOT NULL, vec BLOB, error TEXT, "
+                "PRIMARY KEY (model, key))")
+        except (OSError, sqlite3.Error) as ex:
+            raise UsageError(f"cannot use embedding cache {str(self.path)!r}: {ex}; pass "
+                             "another cache path or turn the cache off") from ex
+
+    def get(self, model: str, items: Sequence[Item]) -> dict[str, tuple[bytes | None, str | None]]:
+        """{key: (float32 bytes | None, error | None)} for items cached with the same size/mtime."""
+        wanted = {it.key: it for it in items if it.size is not None and it.mtime is not None}
+        keys = list(wanted)
+        out: dict[str, tuple[bytes | None, str | None]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            q = ("SELECT key, size, mtime, vec, error FROM vecs WHERE model = ? AND key IN "
+                 f"({','.join('?' * len(chunk))})")
+            for key, size, mtime, vec, error in self.db.execute(q, [model, *chunk]):
+                it = wanted[key]
+                if size == it.size and abs(mtime - float(it.mtime or 0)) < 1e-6:
+                    out[key] = (vec, error)
+        return out
+
+    def put(self, model: str, entries: Sequence[tuple[Item, np.ndarray | None, str | None]]
+            ) -> None:
+        """Store (item, vector | None, error | None) for items with a known size and mtime."""
+        rows = [(model, it.key, it.size, it.mtime,
+                 None if vec is None else np.asarray(vec, "<f4").tobytes(), err)
+                for it, vec, err in entries if it.size is not None and it.mtime is not None]
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO vecs VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _index_vectors(index: str | os.PathLike, model, items: Sequence[Item]) -> dict[str, np.ndarray]:
+    """Vectors of `items` already in a clipsift index built with `model` (same size/mtime)."""
+    from clipsift.errors import ModelMismatch
+    from clipsift.index.index import resolve_index_path
+    from clipsift.index.store import STATUS_OK, Store
+
+    path = resolve_index_path(index)
+    if not path.exists():
+        raise UsageError(f"no clipsift index at {str(path)!r}; build one with "
+                         "`clipsift index add` or leave --index out")
+    store = Store.open(path)
+    try:
+        if store.meta.model != model.name or store.meta.dim != model.dim:
+            raise ModelMismatch(f"index {str(path)!r} holds {store.meta.model!r} vectors, not "
+                                f"{model.name!r}; use --model {store.meta.model} or leave "
+                                "--index out")
+        rows = store.lookup([it.key for it in items])
+        by_key = {it.key: it for it in items}
+        ok = {r.id: k for k, r in rows.items() if r.status == STATUS_OK
+              and r.size == by_key[k].size and abs(r.mtime - (by_key[k].mtime or 0)) < 1e-6}
+        ids, vecs = store.get_vectors(list(ok))
+    finally:
+        store.close()
+    from clipsift.models.base import l2_normalize
+
+    unit = l2_normalize(vecs.astype(np.float32)) if len(ids) else vecs
+    return {ok[int(i)]: v for i, v in zip(ids, unit, strict=True)}
+
+
+def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = None,
+                  index: str | os.PathLike | None = None, batch_size: int = 64,
+                  workers: int | None = None, progress=None) -> DatasetEmbeddings:
+    """Embed every sample once: vectors come from `index`, then `cache`, then the model.
+
+    Args:
+        model: a ClipModel.
+        dataset: from `load_dataset`.
+        cache: where vectors are looked up and stored (None: no caching).
+        index: a clipsift index built with the same model, read (never written).
+        batch_size, workers: as for `clipsift.engines.local.embed_items`.
+        progress: called as progress(done, total) after each encoded batch.
+    Returns:
+        DatasetEmbeddings; unreadable images are listed in `failures`, not raised.
+    """
+    from clipsift.engines.local import embed_items
+
+    items = [s.item for s in dataset.samples]
+    found: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    if index is not None:
+        found.update(_index_vectors(index, model, items))
+    n_index = len(found)
+    if cache is not None:
+        for key, (blob, err) in cache.get(model.name, [i for i in items if i.key not in found]
+                                          ).items():
+            if blob is not None:
+                found[key] = np.frombuffer(blob, "<f4").astype(np.float32)
+            else:
+                errors[key] = err or "unreadable"
+    n_cache = len(found) - n_index + len(errors)
+    todo = list({it.key: it for it in items if it.key not in found and it.key not in errors
+                 }.values())
+    done = 0
+    for batch in embed_items(model, todo, batch_size=batch_size, workers=workers):
+        for r in batch:
+            if r.vector is not None:
+                found[r.item.key] = r.vector
+            else:
+                errors[r.item.key] = r.error or "unreadable"
+        if cache is not None:
+            cache.put(model.name, [(r.item, r.vector, r.error) for r in batch])
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(todo))
+    rows = [i for i, s in enumerate(dataset.samples) if s.key in found]
+    vecs = (np.stack([found[dataset.samples[i].key] for i in rows]) if rows
+            else np.zeros((0, model.dim), np.float32))
+    failures = [(s.key, errors[s.key]) for s in dataset.samples if s.key in errors]
+    return DatasetEmbeddings(vecs.astype(np.float32), np.asarray(rows, np.int64), failures,
+                             encoded=len(todo), from_cache=n_cache, from_index=n_index)

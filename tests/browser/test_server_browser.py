@@ -1,0 +1,189 @@
+"""The search page in a real browser: Selenium drives Debian's headless Chromium against
+`clipsift serve` on 127.0.0.1. Type a query -> result images load; upload an image ->
+results like it; a bad upload -> a visible error; click a result -> more like it;
+classify an image -> probability bars. Skipped when Chromium is not installed.
+
+Set CLIPSIFT_SCREENSHOTS=/some/folder to keep screenshots of the page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.serverkit import LiveServer, build_index
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="Chromium not installed (apt-get install chromium chromium-driver)")
+WAIT = 20
+
+
+@pytest.fixture(scope="module")
+def server(photos, tmp_path_factory):
+    path = build_index(photos, tmp_path_factory.mktemp("page"), count=20)
+    with LiveServer([str(path), "--model", "fake"], env={"CLIPSIFT_API_KEY": ""}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--window-size=1280,900",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    driver.set_page_load_timeout(WAIT)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition, message: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition, message)
+
+
+def loaded_images(driver) -> int:
+    """How many result thumbnails finished loading with real pixels (naturalWidth > 0)."""
+    return driver.execute_script(
+        "const imgs = [...document.querySelectorAll('#results img')];"
+        "return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0)"
+        " ? imgs.length : 0;")
+
+
+def texts(driver, selector: str) -> list[str]:
+    """textContent of matching elements (cards fade in, so .text may still be empty)."""
+    return [e.get_attribute("textContent") for e in driver.find_elements("css selector",
+                                                                         selector)]
+
+
+def status(driver) -> str:
+    return driver.find_element("id", "status").text
+
+
+def screenshot(driver, name: str) -> None:
+    folder = os.environ.get("CLIPSIFT_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / f"{name}.png"))
+
+
+def open_page(driver, server) -> None:
+    driver.get(server.url + "/")
+    wait(driver, lambda d: "images" in d.find_element("id", "server-info").text,
+         "the page did not show the server's model and index size")
+
+
+def test_text_query_shows_loaded_images(browser, server):
+    open_page(browser, server)
+    box = browser.find_element("id", "query")
+    box.send_keys("a fish in the water\n")
+    wait(browser, lambda d: loaded_images(d) >= 12, "result images did not load")
+    assert "results for" in status(browser)
+    scores = [float(t) for t in texts(browser, ".result .score")]
+    assert scores == sorted(scores, reverse=True)
+    screenshot(browser, "text-search")
+
+
+def test_upload_image_finds_it(browser, server, photos):
+    open_page(browser, server)
+    browser.find_element("id", "image-input").send_keys(str(photos[3]))
+    wait(browser, lambda d: f"like {photos[3].name}" in status(d) and loaded_images(d),
+         "no results for the uploaded image")
+    assert texts(browser, ".result .name")[0] == photos[3].name
+    assert browser.find_element("id", "query-pill").is_displayed()
+
+
+_DISPATCH = """
+const [kind, itemId, name, done] = arguments;
+fetch(`/v1/thumbnail/${itemId}`).then((r) => r.blob()).then((blob) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], name, {type: blob.type}));
+  if (kind === "drop") {
+    window.dispatchEvent(new DragEvent("dragenter", {dataTransfer: transfer, bubbles: true}));
+    const shown = !document.getElementById("drop-overlay").hidden;
+    window.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true,
+                                                cancelable: true}));
+    done(shown);
+  } else {
+    window.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true,
+                                                      cancelable: true}));
+    done(true);
+  }
+}).catch((e) => done(String(e)));
+"""
+
+
+@pytest.mark.parametrize("kind", ["drop", "paste"])
+def test_drop_or_paste_an_image_searches_by_it(browser, server, kind):
+    """Real DragEvent/ClipboardEvent carrying an image File (bytes of an indexed item's
+    thumbnail): the page searches by it and shows the results."""
+    open_page(browser, server)
+    browser.set_script_timeout(WAIT)
+    shown = browser.execute_async_script(_DISPATCH, kind, 1, f"by-{kind}.jpg")
+    assert shown is True, shown  # the drop overlay appeared on dragenter
+    wait(browser, lambda d: f"like by-{kind}.jpg" in status(d) and loaded_images(d),
+         f"no results for the image given by {kind}")
+    assert browser.find_element("id", "drop-overlay").get_attribute("hidden") is not None
+    assert browser.find_element("id", "query-pill").is_displayed()
+
+
+def test_bad_upload_shows_an_error(browser, server, tmp_path):
+    open_page(browser, server)
+    bad = tmp_path / "holiday.jpg"
+    bad.write_text("this is not a picture")
+    browser.find_element("id", "image-input").send_keys(str(bad))
+    error = browser.find_element("id", "error")
+    wait(browser, lambda d: error.is_displayed(), "no error message for a bad upload")
+    assert "could not be used" in error.text and "not an image" in error.text
+    screenshot(browser, "bad-upload")
+
+
+def test_click_result_for_more_like_it_and_classify(browser, server, photos):
+    open_page(browser, server)
+    browser.find_element("id", "query").send_keys("a bird\n")
+    wait(browser, lambda d: loaded_images(d), "no results")
+    card = browser.find_elements("css selector", ".result")[2]
+    name = card.find_element("css selector", ".name").get_attribute("textContent")
+    card.find_element("css selector", ".thumb").click()
+    wait(browser, lambda d: f"like {name}" in status(d) and loaded_images(d),
+         "more-like-this did not run")
+    assert name not in texts(browser, ".result .name")  # the item itself is left out
+    browser.find_element("id", "classify-file").send_keys(str(photos[0]))
+    labels = browser.find_element("id", "labels")
+    labels.clear()
+    labels.send_keys("fish, dog, car")
+    browser.find_element("id", "classify-button").click()
+    wait(browser, lambda d: len(d.find_elements("css selector", "#classify-results li")) == 3,
+         "no classification bars")
+    screenshot(browser, "classify")
+
+
+def test_page_with_api_key_asks_for_it_and_loads_thumbnails(browser, photos, tmp_path):
+    path = build_index(photos, tmp_path, count=6)
+    key = "browser-test-key-123"
+    with LiveServer([str(path), "--model", "fake"], env={"CLIPSIFT_API_KEY": key}) as srv:
+        browser.get(srv.url + "/")
+        auth = browser.find_element("id", "auth")
+        wait(browser, lambda d: auth.is_displayed(), "the page did not ask for the API key")
+        browser.find_element("id", "api-key").send_keys(key + "\n")
+        wait(browser, lambda d: "images" in d.find_element("id", "server-info").text,
+             "the key was not accepted")
+        browser.find_element("id", "query").send_keys("fish\n")
+        wait(browser, lambda d: loaded_images(d) >= 6, "thumbnails did not load with the key")
+        srcs = [e.get_attribute("src") for e in browser.find_elements("css selector",
+                                                                       "#results img")]
+        assert all(s.startswith("blob:") for s in srcs)  # fetched with the key header
+        browser.execute_script("sessionStorage.clear()")
