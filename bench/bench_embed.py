@@ -130,7 +130,8 @@ def plain_batching(weights: Path, files: list[Path], dataset: str, device: str,
 def clipsift_library(weights: Path, folder: Path, n: int, dataset: str, precision: str,
                      args: argparse.Namespace) -> dict[str, Any]:
     import clipsift
-    from clipsift.engines.local import PipelineStats, embed_items
+    from clipsift.engines.base import PipelineStats
+    from clipsift.engines.local import embed_items
     from clipsift.inputs.sources import iter_items
 
     model = clipsift.load(f"ViT-B-32:{weights}", device=args.device, precision=precision)

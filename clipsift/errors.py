@@ -67,15 +67,15 @@ class ImageError(ClipsiftError):
         super().__init__(f"{source}: {reason}")
 
 
-class IndexError_(ClipsiftError):
-    """Base class for index/store problems (named with a trailing _ to not shadow IndexError)."""
+class StoreError(ClipsiftError):
+    """Base class for index/store problems (a file that is not an index, a newer schema)."""
 
 
-class IndexInUse(IndexError_):
+class IndexInUse(StoreError):
     """Another process is writing to the index."""
 
 
-class ModelMismatch(IndexError_):
+class ModelMismatch(StoreError):
     """An index was built with another model than the one requested."""
 
     exit_code = 2
@@ -85,3 +85,20 @@ class TrainingError(ClipsiftError):
     """Training data or options are unusable."""
 
     exit_code = 2
+
+
+# ---- errors the server maps to HTTP statuses ---------------------------------------------
+class NotFound(ClipsiftError):
+    """The item, or the index itself, does not exist (HTTP 404)."""
+
+
+class PayloadTooLarge(ClipsiftError):
+    """An image or list is over a server limit (HTTP 413)."""
+
+
+class Overloaded(ClipsiftError):
+    """Too much work is queued; the client should retry later (HTTP 503)."""
+
+
+class FetchError(UsageError):
+    """A URL could not be fetched (bad scheme, blocked address, too large, timeout...)."""

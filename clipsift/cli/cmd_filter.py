@@ -1,4 +1,4 @@
-"""`clipsift filter`, `dedup` and `unique`: sift large collections."""
+"""`clipsift filter`: keep the images about a theme, drop unsafe ones."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from clipsift.cli.collection import IndexOpt, SourcesArg, model_for, split_sources
 from clipsift.cli.common import (
     BatchOpt,
     DeviceOpt,
@@ -21,42 +22,7 @@ from clipsift.cli.common import (
     printable,
 )
 
-SourcesArg = Annotated[list[str] | None, typer.Argument(
-    help="Image files, folders, globs, .tar shards, file lists, or one clipsift index (.db).")]
-IndexOpt = Annotated[str | None, typer.Option(
-    "--index", "-i", help="Use a clipsift index (file or name): its stored vectors are used, "
-    "nothing is re-encoded.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-
-
-def _split_sources(sources: list[str] | None, index: str | None) -> tuple[list[str], str | None]:
-    """A single `.db` source that is a file is taken as an index."""
-    from pathlib import Path
-
-    from clipsift.errors import UsageError
-
-    sources = list(sources or [])
-    if index is None and len(sources) == 1 and sources[0].endswith(".db") \
-            and Path(sources[0]).is_file():
-        return [], sources[0]
-    if index is not None and sources:
-        raise UsageError("give image sources or --index, not both")
-    if index is None and not sources:
-        raise UsageError("nothing to read: give files, folders, globs, tar shards, lists or "
-                         "--index INDEX")
-    return sources, index
-
-
-def _model(name: str | None, device: str, index: str | None):
-    """The named model; for an index without --model, the model the index records."""
-    from clipsift.cli.common import load_model
-
-    if index is not None and name is None:
-        from clipsift.index.index import Index
-
-        with Index(index, create=False) as idx:
-            return load_model(idx.store.meta.model, device)
-    return load_model(name, device)
 
 
 def _progress_bar(total: int | None, quiet: bool):
@@ -159,10 +125,10 @@ def filter_cmd(
 
     if not output:
         raise UsageError("--output is required: a folder, or a .parquet manifest path")
-    inputs, index_path = _split_sources(sources, index)
+    inputs, index_path = split_sources(sources, index)
     rule = _build_rule(keep, drop, preset, threshold, margin, top, top_fraction, invert)
     place = _placement(copy, symlink, move)
-    loaded = _model(model, device, index_path)
+    loaded = model_for(model, device, index_path)
     with make_engine_for(engine, workers, ray_address, ray_cpus, encoders) as eng:
         if calibrate is not None:
             rule = _calibrate(loaded, rule, calibrate, eng, batch_size, json_out)
@@ -236,103 +202,5 @@ def _report(s, json_out: bool) -> None:
         notice(f"  {printable(key)}: {reason}")
 
 
-def dedup_cmd(
-    sources: SourcesArg = None,
-    threshold: Annotated[float, typer.Option(
-        "--threshold", "-t", help="Cosine similarity from which images are duplicates.")] = 0.95,
-    keep_policy: Annotated[str, typer.Option(
-        "--keep-policy", help="Keeper choice, criteria in order: resolution, oldest, newest, "
-        "largest-file, smallest-file, path.")] = "resolution,oldest",
-    output: Annotated[str, typer.Option("--output", "-o", help="Groups as Parquet (one row "
-                                        "per grouped image).")] = "duplicates.parquet",
-    html: Annotated[str | None, typer.Option("--html", help="Also write an HTML page of the "
-                                             "groups with thumbnails.")] = None,
-    method: Annotated[str, typer.Option("--method", help="auto, exact or ivf (approximate, "
-                                        "for millions).")] = "auto",
-    index: IndexOpt = None, model: ModelOpt = None, device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = 64, workers: WorkersOpt = None, engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None, encoders: EncodersOpt = 1,
-    json_out: JsonOpt = False,
-) -> None:
-    """Group near-duplicate images (FAISS range search) and pick a keeper per group."""
-    from clipsift.cli.output import notice
-    from clipsift.sift.dedup import find_duplicates, write_groups_html, write_groups_parquet
-
-    coll = _collection(sources, index, model, device, batch_size, engine,
-                       (workers, ray_address, ray_cpus, encoders))
-    result = find_duplicates(coll, threshold, keep=keep_policy, method=method)
-    path = write_groups_parquet(result, coll, output)
-    if html:
-        write_groups_html(result, coll, html)
-    _print_groups(result, coll, json_out)
-    notice(f"dedup: {result.items} images, {len(result.groups)} groups, {result.duplicates} "
-           f"duplicates (threshold {threshold}, {result.method} search, "
-           f"{result.seconds:.1f} s); groups in {path}" + (f", page {html}" if html else ""))
-    if coll.errors:
-        notice(f"  {len(coll.errors)} images could not be read (first: "
-               f"{printable(coll.errors[0][0])}: {coll.errors[0][1]})")
-
-
-def _collection(sources, index, model, device, batch_size, engine, engine_opts):
-    from clipsift.sift.dedup import collection_from_index, collection_from_inputs
-
-    inputs, index_path = _split_sources(sources, index)
-    if index_path is not None:
-        return collection_from_index(index_path)
-    loaded = _model(model, device, None)
-    with make_engine_for(engine, *engine_opts) as eng:
-        return collection_from_inputs(loaded, inputs, engine=eng, batch_size=batch_size)
-
-
-def _print_groups(result, coll, json_out: bool, limit: int = 20) -> None:
-    import json
-
-    for g_id, group in enumerate(result.groups if json_out else result.groups[:limit]):
-        if json_out:
-            typer.echo(json.dumps({"group": g_id, "keeper": printable(coll.keys[group.keeper]),
-                                   "members": [printable(coll.keys[m]) for m in group.members],
-                                   "similarity": [round(s, 4) for s in group.similarity]}))
-            continue
-        typer.echo(f"group {g_id}: keep {printable(coll.keys[group.keeper])}")
-        for m, s in zip(group.members[1:], group.similarity[1:], strict=True):
-            typer.echo(f"    {s:.3f}  {printable(coll.keys[m])}")
-    if not json_out and len(result.groups) > limit:
-        typer.echo(f"... {len(result.groups) - limit} more groups in the Parquet file")
-
-
-def unique_cmd(
-    sources: SourcesArg = None,
-    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours to average over.")] = 10,
-    top: Annotated[int, typer.Option("--top", "-n", min=1, help="Rows to print.")] = 20,
-    output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="Write the full ranking as Parquet.")] = None,
-    index: IndexOpt = None, model: ModelOpt = None, device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = 64, workers: WorkersOpt = None, engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None, encoders: EncodersOpt = 1,
-    json_out: JsonOpt = False,
-) -> None:
-    """Rank images by how unusual they are: mean distance to their k nearest neighbours."""
-    import json
-
-    from clipsift.sift.dedup import uniqueness, write_unique_parquet
-
-    coll = _collection(sources, index, model, device, batch_size, engine,
-                       (workers, ray_address, ray_cpus, encoders))
-    result = uniqueness(coll, k)
-    if output:
-        write_unique_parquet(result, coll, output)
-    for rank, (row, score, near, sim) in enumerate(zip(
-            result.order[:top], result.score[:top], result.nearest[:top],
-            result.nearest_similarity[:top], strict=True), start=1):
-        path, nearest = printable(coll.keys[row]), printable(coll.keys[near])
-        if json_out:
-            typer.echo(json.dumps({"rank": rank, "path": path, "uniqueness": round(float(
-                score), 5), "nearest": nearest, "nearest_similarity": round(float(sim), 5)}))
-        else:
-            typer.echo(f"{rank:4d}  {score:.4f}  {path}  (nearest {sim:.3f}: {nearest})")
-
-
 def register(app: typer.Typer) -> None:
     app.command("filter")(filter_cmd)
-    app.command("dedup")(dedup_cmd)
-    app.command("unique")(unique_cmd)

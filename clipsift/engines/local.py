@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clipsift.engines.base import EmbedResult, PipelineStats
 from clipsift.engines.decode import Decoded, PoolDecoder, inline_decode, usable_cores
 from clipsift.errors import UsageError
 from clipsift.inputs.sources import Item, iter_items
@@ -38,50 +39,6 @@ MAX_DEFAULT_WORKERS = 4
 INLINE_BELOW_BATCHES = 4
 #: Most items sent to a worker in one task.
 MAX_CHUNK = 16
-
-
-@dataclass
-class EmbedResult:
-    """The outcome for one item.
-
-    Attributes:
-        item: the item embedded.
-        vector: float32 [D], unit norm; None when the item failed.
-        error: why the item failed (e.g. "truncated image data"), None on success.
-        width: original image width as displayed (EXIF orientation applied), if decoded.
-        height: original image height, if decoded.
-    """
-
-    item: Item
-    vector: np.ndarray | None
-    error: str | None
-    width: int | None = None
-    height: int | None = None
-
-
-@dataclass
-class PipelineStats:
-    """Counters and timings of one run, updated after every batch.
-
-    Attributes:
-        items: items processed (successes and errors).
-        errors: items that failed.
-        seconds: wall time since the run started.
-        decode_seconds: time spent opening + preprocessing, summed over workers.
-        encode_seconds: wall time in `model.encode_pixels`.
-        wait_seconds: wall time the encoder waited for decoded images (high = decode-bound).
-        images_per_second: items / seconds.
-        workers: decode worker processes used (0 = decoded in the calling process).
-    """
-
-    items: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    decode_seconds: float = 0.0
-    encode_seconds: float = 0.0
-    wait_seconds: float = 0.0
-    images_per_second: float = 0.0
-    workers: int = 0
 
 
 # ---- batching and encoding (main process) -------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 from clipsift.errors import UsageError
 
 if TYPE_CHECKING:
-    from clipsift.engines.local import EmbedResult, PipelineStats
+    from clipsift.engines.base import EmbedResult, PipelineStats
     from clipsift.inputs.sources import Item
     from clipsift.models.base import ClipModel, Preprocess
 
@@ -230,7 +230,7 @@ class RayEngine:
               ) -> Iterator[list[EmbedResult]]:
         """Embed `items` on Ray; yield batches of results in input order (like the local
         engine). Setting `stop` ends the run after the current batch."""
-        from clipsift.engines.local import EmbedResult, PipelineStats
+        from clipsift.engines.base import EmbedResult, PipelineStats
 
         self.start()
         stats = stats if stats is not None else PipelineStats()

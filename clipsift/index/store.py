@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsift.errors import IndexError_, IndexInUse, UsageError
+from clipsift.errors import IndexInUse, StoreError, UsageError
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -198,10 +198,10 @@ class Store:
             db = connect(p)
             version = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as ex:
-            raise IndexError_(f"{p} is not a clipsift index (not an SQLite file: {ex})") from ex
+            raise StoreError(f"{p} is not a clipsift index (not an SQLite file: {ex})") from ex
         if version > SCHEMA_VERSION:
             db.close()
-            raise IndexError_(
+            raise StoreError(
                 f"index {p} has schema version {version}, newer than this clipsift "
                 f"understands ({SCHEMA_VERSION}); upgrade clipsift"
             )
@@ -212,7 +212,7 @@ class Store:
     def _read_meta(self) -> StoreMeta:
         rows = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         if "model" not in rows or "dim" not in rows:
-            raise IndexError_(f"{self.path} is not a clipsift index (no model recorded)")
+            raise StoreError(f"{self.path} is not a clipsift index (no model recorded)")
         return StoreMeta(
             model=rows["model"], dim=int(rows["dim"]), uuid=rows.get("uuid", ""),
             created=float(rows.get("created", "0")),

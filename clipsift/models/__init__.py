@@ -17,11 +17,17 @@ from pathlib import Path
 
 from clipsift.errors import ModelNotAvailable, UnknownModel
 from clipsift.models.base import ClipModel, ModelInfo, l2_normalize
+from clipsift.models.precision import (
+    ONNX_PRECISIONS,
+    check_precision,
+    cpu_has_native_bf16,
+)
 
 DEFAULT_MODEL = "ViT-B-32:openai"
 MINI_DIR = Path(__file__).resolve().parent.parent / "assets" / "mini"
 
-__all__ = ["DEFAULT_MODEL", "ClipModel", "ModelInfo", "l2_normalize", "load", "mini_available"]
+__all__ = ["DEFAULT_MODEL", "ClipModel", "ModelInfo", "apply_precision", "l2_normalize", "load",
+           "mini_available"]
 
 
 def mini_available() -> bool:
@@ -54,8 +60,6 @@ def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True,
         >>> m.encode_texts(["a dog"]).shape == (1, m.dim)
         True
     """
-    from clipsift.models.precision import apply_precision, check_precision
-
     dev = _device(device)
     check_precision(precision, dev)  # fail before loading weights
     if name is not None:
@@ -142,3 +146,32 @@ def _load_arch(name: str, device: str) -> ClipModel:
             ".pt", ".pth", ".bin", ".safetensors"):
         return openclip_loader.load_file(arch, rest, device)
     return openclip_loader.load_tag(arch, rest, device)
+
+
+def apply_precision(model: ClipModel, precision: str) -> ClipModel:
+    """Switch a freshly loaded model to `precision` (in place); returns the model.
+
+    Args:
+        model: a model from `clipsift.load` at fp32.
+        precision: one of `PRECISIONS`.
+    Raises:
+        UsageError: the precision does not fit the device or the backend.
+
+    Example:
+        >>> m = apply_precision(clipsift.load("mini"), "int8")
+        >>> m.precision
+        'int8'
+    """
+    p = check_precision(precision, model.device)
+    if p == "fp32":
+        return model
+    if p in ONNX_PRECISIONS:
+        from clipsift.models.onnx_tower import OnnxImageTower
+
+        model.image_runner = OnnxImageTower.build(model, quantize=p == "int8")
+    elif p == "bf16" and model.device.type == "cpu" and not cpu_has_native_bf16():
+        slow = ("note: this CPU has no native bfloat16 (AVX512-BF16/AMX), so bf16 is emulated "
+                "and usually slower than fp32; precision int8 is the fast CPU path")
+        model.notice = f"{model.notice}\n{slow}" if model.notice else slow
+    model.precision = p
+    return model

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipsift.models.precision import autocast_context
+
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
 
@@ -54,9 +56,12 @@ class ClipModel(ABC):
     preprocess: Preprocess
     device: torch.device
     notice: str | None = None  # set by load() when it fell back to another model
-    precision: str = "fp32"  # set by clipsift.models.precision.apply_precision
-    #: replaces `_image_features` when set (the int8 ONNX Runtime tower)
+    precision: str = "fp32"  # set by clipsift.models.apply_precision
+    #: replaces `image_features` when set (the fp32-onnx / int8 ONNX Runtime tower)
     image_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
+    #: the torch module holding the weights of both towers, None for backends without one
+    #: (what an ONNX export of the image tower takes its parameters from)
+    module: torch.nn.Module | None = None
 
     # ---- backend hooks -------------------------------------------------------------------
     @abstractmethod
@@ -75,6 +80,11 @@ class ClipModel(ABC):
     def split_tokens(self, text: str, max_tokens: int) -> list[str]:
         """Split `text` into pieces of at most `max_tokens` content tokens each."""
 
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised fp32 image features of a preprocessed batch [N, 3, H, W] -> [N, D]
+        (the function an ONNX export of the image tower traces)."""
+        return self._image_features(pixels)
+
     # ---- public API ----------------------------------------------------------------------
     @property
     def info(self) -> ModelInfo:
@@ -89,15 +99,13 @@ class ClipModel(ABC):
 
         Runs at the model's precision (`load(..., precision=)`); the result is float32 always.
         """
-        from clipsift.models.precision import autocast_context
-
         if pixels.ndim != 4:
             raise ValueError(f"expected a batch [N, 3, H, W], got shape {tuple(pixels.shape)}")
         if self.image_runner is not None:
             feats = self.image_runner(pixels)
         else:
             pixels = pixels.to(self.device, non_blocking=pixels.is_pinned())
-            with autocast_context(self):
+            with autocast_context(self.precision, self.device):
                 feats = self._image_features(pixels)  # [N, D]
         return l2_normalize(feats.float().cpu().numpy())
 
@@ -129,8 +137,6 @@ class ClipModel(ABC):
         embeddings are averaged and renormalised, so nothing is silently cut off. Texts are
         batched by length, so backends that trim padding do little wasted work.
         """
-        from clipsift.models.precision import autocast_context
-
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
@@ -147,7 +153,7 @@ class ClipModel(ABC):
         piece_emb = np.zeros((len(pieces), self.dim), np.float32)  # [P, D]
         for start in range(0, len(pieces), batch_size):
             rows = order[start : start + batch_size]
-            with autocast_context(self):
+            with autocast_context(self.precision, self.device):
                 f = self._text_features([pieces[k] for k in rows])
             piece_emb[rows] = l2_normalize(f.float().cpu().numpy())
         if len(pieces) == len(texts):

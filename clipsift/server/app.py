@@ -26,8 +26,14 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsift import __version__
-from clipsift.errors import ClipsiftError, ImageError, UsageError
-from clipsift.server.batcher import Overloaded
+from clipsift.errors import (
+    ClipsiftError,
+    ImageError,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    UsageError,
+)
 from clipsift.server.config import ServerSettings
 from clipsift.server.limits import BodyLimitMiddleware, TimeoutMiddleware
 from clipsift.server.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
@@ -39,7 +45,7 @@ from clipsift.server.security import (
     api_key_scheme,
     default_allowed_hosts,
 )
-from clipsift.server.service import NotFound, PayloadTooLarge, Service
+from clipsift.server.service import Service
 
 if TYPE_CHECKING:
     from clipsift.index.index import Index

@@ -26,14 +26,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from clipsift.errors import ClipsiftError
+from clipsift.errors import Overloaded
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-
-class Overloaded(ClipsiftError):
-    """Too much work is queued; the client should retry later (HTTP 503)."""
 
 
 @dataclass

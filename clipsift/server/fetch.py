@@ -12,11 +12,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from clipsift.errors import UsageError
-
-
-class FetchError(UsageError):
-    """A URL could not be fetched (bad scheme, blocked address, too large, timeout...)."""
+from clipsift.errors import FetchError
 
 
 def _check_address(host: str, port: int, allow_private: bool) -> None:

@@ -25,7 +25,7 @@ import anyio
 import numpy as np
 import torch
 
-from clipsift.errors import ClipsiftError, UsageError
+from clipsift.errors import ClipsiftError, NotFound, PayloadTooLarge, UsageError
 from clipsift.index.query import CaptionHit, Query, Term, combine, parse_query, rank_captions
 from clipsift.index.store import STATUS_OK
 from clipsift.inputs.images import open_image
@@ -45,12 +45,6 @@ if TYPE_CHECKING:
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
-class NotFound(ClipsiftError):
-    """The item, or the index itself, does not exist (HTTP 404)."""
-
-
-class PayloadTooLarge(ClipsiftError):
-    """An image or list is over a server limit (HTTP 413)."""
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsift.engines.local import (
-    EmbedResult,
-    PipelineStats,
-    embed_items,
-    embed_paths,
-)
+from clipsift.engines.base import EmbedResult, PipelineStats
+from clipsift.engines.local import embed_items, embed_paths
 from clipsift.errors import UsageError
 from clipsift.inputs.sources import Item, iter_items
 from clipsift.models.fake import FakeModel, _fake_preprocess

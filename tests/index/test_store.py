@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from clipsift.errors import IndexError_, IndexInUse, UsageError
+from clipsift.errors import IndexInUse, StoreError, UsageError
 from clipsift.index.store import (
     SCHEMA_VERSION,
     NewItem,
@@ -59,13 +59,13 @@ def test_open_missing_or_foreign_file(tmp_path):
         Store.open(tmp_path / "nope.db")
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(IndexError_, match="not a clipsift index"):
+    with pytest.raises(StoreError, match="not a clipsift index"):
         Store.open(junk)
 
 
 def test_newer_schema_is_refused(store, tmp_path):
     store.db.execute("PRAGMA user_version = 99")
-    with pytest.raises(IndexError_, match="upgrade clipsift"):
+    with pytest.raises(StoreError, match="upgrade clipsift"):
         Store.open(tmp_path / "s.db")
 
 

@@ -10,12 +10,13 @@ import torch
 import clipsift
 from clipsift.cli.main import main
 from clipsift.errors import UsageError
+from clipsift.models import apply_precision
 from clipsift.models.openclip_backend import (
     OpenClipModel,
     encode_text_trimmed,
     trimmable_pool_type,
 )
-from clipsift.models.precision import apply_precision, check_precision
+from clipsift.models.precision import check_precision
 from tests.support import tinymodels
 
 MIXED = [

@@ -11,8 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
+from clipsift.errors import Overloaded
 from clipsift.server import ServerSettings, create_app
-from clipsift.server.batcher import MicroBatcher, Overloaded
+from clipsift.server.batcher import MicroBatcher
 from tests.support.serverkit import LOOPBACK, CountingModel, build_index, jpeg_bytes
 
 

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clipsift.cli.main import main
-from clipsift.errors import UsageError
+from clipsift.errors import FetchError, UsageError
 from clipsift.server import ServerSettings, create_app
-from clipsift.server.fetch import FetchError, check_url
+from clipsift.server.fetch import check_url
 from clipsift.server.security import check_bind, is_loopback
 from tests.support.serverkit import LOOPBACK, CountingModel, build_index
 
