@@ -1,6 +1,42 @@
-"""Where embedding runs: `base` (the Engine protocol, EmbedResult, make_engine), `local`
-(decode workers + one encoder on this machine) and `ray_engine` (Ray Data on a cluster)."""
+"""Where embedding runs: `base` (the Engine protocol, EmbedResult), `local` (decode workers
++ one encoder on this machine) and `ray_engine` (Ray Data tasks and actors on a cluster).
 
-from clipsift.engines.base import ENGINES, EmbedResult, Engine, LocalEngine, make_engine
+Example:
+    >>> with make_engine("local", workers=2) as engine:
+    ...     for batch in engine.embed(model, iter_items(["photos/"]), batch_size=64):
+    ...         ...
+"""
 
-__all__ = ["ENGINES", "EmbedResult", "Engine", "LocalEngine", "make_engine"]
+from __future__ import annotations
+
+from clipsift.engines.base import ENGINES, EmbedResult, Engine, PipelineStats
+from clipsift.errors import UsageError
+
+__all__ = ["ENGINES", "EmbedResult", "Engine", "PipelineStats", "make_engine"]
+
+
+def make_engine(name: str = "local", *, workers: int | None = None,
+                ray_address: str | None = None, ray_cpus: int | None = None,
+                encoders: int = 1) -> Engine:
+    """An engine by name.
+
+    Args:
+        name: "local" or "ray".
+        workers: local decode processes (local engine only).
+        ray_address: an existing Ray cluster ("auto", "ray://host:10001"); None starts a
+            local Ray owned by the engine and shut down by `close()`.
+        ray_cpus: CPUs of the local Ray (None: all of this machine's).
+        encoders: encoder actors, each holding one copy of the model (ray only).
+
+    Raises:
+        UsageError: unknown engine name, or Ray is not installed.
+    """
+    if name == "local":
+        from clipsift.engines.local import LocalEngine
+
+        return LocalEngine(workers)
+    if name == "ray":
+        from clipsift.engines.ray_engine import RayEngine
+
+        return RayEngine(address=ray_address, num_cpus=ray_cpus, encoders=encoders)
+    raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

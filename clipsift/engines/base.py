@@ -1,7 +1,7 @@
-"""Execution engines: where the read -> decode -> encode stages of bulk embedding run.
+"""What every execution engine is: the `Engine` protocol and the results it yields.
 
 Both engines turn a stream of `clipsift.inputs.sources.Item` into batches of
-`clipsift.engines.local.EmbedResult`, in input order, with the same per-item error handling,
+`EmbedResult`, in input order, with the same per-item error handling,
 so the verbs built on them (filter, dedup) give the same results whichever runs them:
 
     local   decode worker processes + one encoder in this process (clipsift.engines.local)
@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-
-from clipsift.errors import UsageError
 
 if TYPE_CHECKING:
     from clipsift.inputs.sources import Item
@@ -94,57 +92,3 @@ class Engine(Protocol):
     def __enter__(self) -> Engine: ...
 
     def __exit__(self, *exc: object) -> None: ...
-
-
-@dataclass
-class LocalEngine:
-    """The default engine: `clipsift.engines.local.embed_items` on this machine.
-
-    Attributes:
-        workers: decode processes (None: automatic, 0: decode in this process).
-    """
-
-    workers: int | None = None
-    name: str = "local"
-
-    def embed(self, model: ClipModel, items: Iterable[Item], *, batch_size: int = 64,
-              stop: threading.Event | None = None, stats: PipelineStats | None = None,
-              ) -> Iterator[list[EmbedResult]]:
-        from clipsift.engines.local import embed_items
-
-        return embed_items(model, items, batch_size=batch_size, workers=self.workers,
-                           stop=stop, stats=stats)
-
-    def close(self) -> None:
-        """Nothing to release: worker pools live only while `embed` runs."""
-
-    def __enter__(self) -> LocalEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def make_engine(name: str = "local", *, workers: int | None = None,
-                ray_address: str | None = None, ray_cpus: int | None = None,
-                encoders: int = 1) -> Engine:
-    """An engine by name.
-
-    Args:
-        name: "local" or "ray".
-        workers: local decode processes (local engine only).
-        ray_address: an existing Ray cluster ("auto", "ray://host:10001"); None starts a
-            local Ray owned by the engine and shut down by `close()`.
-        ray_cpus: CPUs of the local Ray (None: all of this machine's).
-        encoders: encoder actors, each holding one copy of the model (ray only).
-
-    Raises:
-        UsageError: unknown engine name, or Ray is not installed.
-    """
-    if name == "local":
-        return LocalEngine(workers)
-    if name == "ray":
-        from clipsift.engines.ray_engine import RayEngine
-
-        return RayEngine(address=ray_address, num_cpus=ray_cpus, encoders=encoders)
-    raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

@@ -209,3 +209,30 @@ def embed_paths(
     for batch in embed_items(model, iter_items(inputs), stats=stats, **kwargs):
         results.extend(batch)
     return results, stats
+
+
+@dataclass
+class LocalEngine:
+    """The default engine: `clipsift.engines.local.embed_items` on this machine.
+
+    Attributes:
+        workers: decode processes (None: automatic, 0: decode in this process).
+    """
+
+    workers: int | None = None
+    name: str = "local"
+
+    def embed(self, model: ClipModel, items: Iterable[Item], *, batch_size: int = 64,
+              stop: threading.Event | None = None, stats: PipelineStats | None = None,
+              ) -> Iterator[list[EmbedResult]]:
+        return embed_items(model, items, batch_size=batch_size, workers=self.workers,
+                           stop=stop, stats=stats)
+
+    def close(self) -> None:
+        """Nothing to release: worker pools live only while `embed` runs."""
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

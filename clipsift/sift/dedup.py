@@ -96,7 +96,7 @@ def collection_from_index(index: str | os.PathLike) -> Collection:
 def collection_from_inputs(model: ClipModel, inputs: Sequence[str | os.PathLike], *,
                            engine: Engine | None = None, batch_size: int = 64) -> Collection:
     """Embed files, folders, globs, tar shards or file lists into a `Collection`."""
-    from clipsift.engines import LocalEngine
+    from clipsift.engines.local import LocalEngine
     from clipsift.inputs.sources import iter_items
 
     eng = engine if engine is not None else LocalEngine()

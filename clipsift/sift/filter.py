@@ -214,7 +214,7 @@ def _make_source(model: ClipModel, inputs: Sequence[str | os.PathLike],
                          "an index, not both and not neither")
     if index is not None:
         return _index_source(model, index)
-    from clipsift.engines import LocalEngine
+    from clipsift.engines.local import LocalEngine
     from clipsift.inputs.sources import iter_items
 
     eng = engine if engine is not None else LocalEngine()
@@ -473,7 +473,7 @@ def calibrate_rule(model: ClipModel, rule: Rule, examples: str | os.PathLike, *,
     Raises:
         UsageError: a sub-folder is missing, or holds no readable image.
     """
-    from clipsift.engines import LocalEngine
+    from clipsift.engines.local import LocalEngine
     from clipsift.inputs.sources import iter_items
 
     base = Path(examples).expanduser()

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("ray")
 
 import clipsift
-from clipsift.engines import LocalEngine, make_engine
+from clipsift.engines.local import LocalEngine, make_engine
 from clipsift.engines.ray_engine import RayEngine
 from clipsift.errors import UsageError
 from clipsift.inputs.sources import iter_items

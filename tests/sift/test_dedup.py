@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from clipsift.cli.main import main
-from clipsift.engines import LocalEngine
+from clipsift.engines.local import LocalEngine
 from clipsift.errors import UsageError
 from clipsift.models.fake import FakeModel
 from clipsift.sift.dedup import (

@@ -23,7 +23,7 @@ import pytest
 
 import clipsift
 from clipsift.cli.main import main
-from clipsift.engines import LocalEngine
+from clipsift.engines.local import LocalEngine
 from clipsift.errors import ModelMismatch, UsageError
 from clipsift.models.fake import FakeModel
 from clipsift.sift.filter import run_filter
