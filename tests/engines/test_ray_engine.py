@@ -19,7 +19,8 @@ import pytest
 pytest.importorskip("ray")
 
 import clipsift
-from clipsift.engines.local import LocalEngine, make_engine
+from clipsift.engines import make_engine
+from clipsift.engines.local import LocalEngine
 from clipsift.engines.ray_engine import RayEngine
 from clipsift.errors import UsageError
 from clipsift.inputs.sources import iter_items
