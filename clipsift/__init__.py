@@ -11,7 +11,22 @@ Heavy modules (torch, open_clip) load on first use, so importing clipsift is che
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
+    from clipsift.embed import embed_to_parquet, similarity
+    from clipsift.index.index import Index
+    from clipsift.index.query import Hit
+    from clipsift.inputs.images import open_image
+    from clipsift.models import load
+    from clipsift.models.base import ClipModel
+    from clipsift.zeroshot.classifier import (
+        Classification,
+        LabelScore,
+        ZeroShotClassifier,
+        classify,
+        iter_classify,
+    )
 
 __version__ = "0.1.0"
 
