@@ -45,7 +45,11 @@ _EXPORTS = {
     "Hit": "clipsift.index.query",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # noqa: RUF022 - the order of _EXPORTS
+    "__version__", "load", "ClipModel", "classify", "iter_classify", "Classification",
+    "LabelScore", "ZeroShotClassifier", "embed_to_parquet", "similarity", "open_image",
+    "Index", "Hit",
+]
 
 
 def __getattr__(name: str) -> Any:
