@@ -24,7 +24,8 @@ from clipsift.cli.common import (
 def dedup_cmd(
     sources: SourcesArg = None,
     threshold: Annotated[float, typer.Option(
-        "--threshold", "-t", help="Cosine similarity from which images are duplicates.")] = 0.95,
+        "--threshold", "-t", help="Cosine similarity from which images are duplicates "
+        "(with 1e-5 tolerance for float rounding: 1.0 groups byte-identical copies).")] = 0.95,
     keep_policy: Annotated[str, typer.Option(
         "--keep-policy", help="Keeper choice, criteria in order: resolution, oldest, newest, "
         "largest-file, smallest-file, path.")] = "resolution,oldest",

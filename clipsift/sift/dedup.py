@@ -37,6 +37,9 @@ KEEP_CRITERIA = ("resolution", "oldest", "newest", "largest-file", "smallest-fil
 DEFAULT_KEEP = ("resolution", "oldest")
 #: From this many vectors `method="auto"` uses an IVF index instead of exact search.
 IVF_FROM = 200_000
+#: Similarities are float32 sums: identical unit vectors score 0.99999994, not 1.0. A pair
+#: counts from `threshold - SIM_TOLERANCE` on, so `threshold=1.0` finds identical copies.
+SIM_TOLERANCE = 1e-5
 _CHUNK = 4096
 
 
@@ -191,7 +194,14 @@ def _index(vectors: np.ndarray, method: str, nprobe: int) -> tuple[Any, str]:
 
 def similar_pairs(vectors: np.ndarray, threshold: float, *, method: str = "auto",
                   nprobe: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """All pairs (i < j) with cosine >= threshold, via FAISS range search in chunks.
+    """All pairs (i < j) with cosine >= threshold - SIM_TOLERANCE, via FAISS range search.
+
+    Args:
+        vectors: float32 [N, D], unit rows.
+        threshold: the similarity from which a pair is kept, up to float rounding
+            (`SIM_TOLERANCE`); FAISS's own range search keeps only scores above its radius.
+        method: "exact", "ivf" or "auto" (see `find_duplicates`).
+        nprobe: IVF cells searched per query.
 
     Returns:
         (i int64 [M], j int64 [M], similarity float32 [M], method used).
@@ -200,9 +210,11 @@ def similar_pairs(vectors: np.ndarray, threshold: float, *, method: str = "auto"
     if len(x) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), "exact"
     index, used = _index(x, method, nprobe)
+    # the largest float32 below the tolerant threshold: FAISS keeps scores > radius
+    radius = float(np.nextafter(np.float32(threshold - SIM_TOLERANCE), np.float32(-np.inf)))
     out_i, out_j, out_s = [], [], []
     for start in range(0, len(x), _CHUNK):
-        lims, sims, ids = index.range_search(x[start : start + _CHUNK], float(threshold))
+        lims, sims, ids = index.range_search(x[start : start + _CHUNK], radius)
         query = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
         forward = ids > query  # each pair once, no self-matches
         out_i.append(query[forward])
@@ -254,7 +266,9 @@ def find_duplicates(coll: Collection, threshold: float = 0.95, *,
     Args:
         coll: the embedded images.
         threshold: cosine similarity from which two images are duplicates (0.9-0.97 is
-            typical for CLIP models: resized/re-encoded copies score ~0.97-0.99).
+            typical for CLIP models: resized/re-encoded copies score ~0.97-0.99), with a
+            tolerance of SIM_TOLERANCE (1e-5) for float rounding: 1.0 groups identical
+            vectors (byte-identical files).
         keep: keeper policy, criteria in order (see KEEP_CRITERIA); ties end on the path.
         method: "exact", "ivf" (approximate, for millions) or "auto".
         nprobe: IVF cells searched per query (ivf only).
