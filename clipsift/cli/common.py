@@ -49,15 +49,12 @@ def report_failures(failed: list[tuple[str, str]], total: int) -> int:
 
     if not failed:
         return 0
+    from clipsift.inputs.keys import printable
+
     notice(f"{len(failed)} of {total} input(s) failed:")
     for source, reason in failed:
         notice(f"  {printable(source)}: {reason}")
     return 1
-
-
-def printable(text: str) -> str:
-    """File names may hold undecodable bytes; show them escaped, never crash on print."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def make_engine_for(name: str, workers, ray_address, ray_cpus, encoders):

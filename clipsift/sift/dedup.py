@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsift.errors import UsageError
+from clipsift.inputs.keys import parquet_columns, printable
 from clipsift.models.base import l2_normalize
 
 if TYPE_CHECKING:
@@ -298,13 +299,10 @@ def find_duplicates(coll: Collection, threshold: float = 0.95, *,
                        time.perf_counter() - t0)
 
 
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def write_groups_parquet(result: DedupResult, coll: Collection, path: str | os.PathLike) -> Path:
-    """One row per grouped image: group, path, keeper, similarity to the keeper, width,
-    height, size, mtime. Images in no group are not listed."""
+    """One row per grouped image: group, path (+ path_bytes, see clipsift.inputs.keys),
+    keeper, similarity to the keeper, width, height, size, mtime. Images in no group are
+    not listed."""
     import json
 
     import pyarrow as pa
@@ -319,7 +317,7 @@ def write_groups_parquet(result: DedupResult, coll: Collection, path: str | os.P
 
     table = pa.table({
         "group": pa.array([r[0] for r in rows], pa.int32()),
-        "path": pa.array([_printable(coll.keys[r[1]]) for r in rows], pa.string()),
+        **parquet_columns("path", [coll.keys[r[1]] for r in rows]),
         "keeper": pa.array([r[2] for r in rows], pa.bool_()),
         "similarity": pa.array([r[3] for r in rows], pa.float32()),
         "width": opt(coll.width, coll.width < 0, pa.int32()),
@@ -400,9 +398,9 @@ def write_unique_parquet(result: UniqueResult, coll: Collection,
 
     table = pa.table({
         "rank": pa.array(np.arange(1, len(result.order) + 1), pa.int64()),
-        "path": pa.array([_printable(coll.keys[i]) for i in result.order], pa.string()),
+        **parquet_columns("path", [coll.keys[i] for i in result.order]),
         "uniqueness": pa.array(result.score, pa.float32()),
-        "nearest_path": pa.array([_printable(coll.keys[i]) for i in result.nearest]),
+        **parquet_columns("nearest_path", [coll.keys[i] for i in result.nearest]),
         "nearest_similarity": pa.array(result.nearest_similarity, pa.float32()),
     }).replace_schema_metadata({"clipsift.k": str(result.k), "clipsift.model": coll.model})
     out = Path(path)
@@ -425,11 +423,11 @@ def _thumbnail(key: str, size: int) -> str:
     import tarfile
 
     from clipsift.inputs.images import open_image
-    from clipsift.inputs.sources import MEMBER_SEP
+    from clipsift.inputs.keys import split_key
 
     try:
-        if MEMBER_SEP in key:
-            shard, name = key.split(MEMBER_SEP, 1)
+        shard, name = split_key(key)
+        if name is not None:
             with tarfile.open(shard, "r:*") as tf:
                 fh = tf.extractfile(name)
                 data = fh.read() if fh is not None else b""
@@ -457,7 +455,7 @@ def write_groups_html(result: DedupResult, coll: Collection, path: str | os.Path
     for g_id, group in enumerate(result.groups[:max_groups]):
         parts.append(f"<section><h3>group {g_id}: {len(group.members)} images</h3>")
         for k, (row, sim) in enumerate(zip(group.members, group.similarity, strict=True)):
-            key = _printable(coll.keys[row])
+            key = printable(coll.keys[row])
             dims = f"{coll.width[row]}x{coll.height[row]}" if coll.width[row] >= 0 else "?"
             label = "keeper" if k == 0 else f"sim {sim:.3f}"
             parts.append(f"<figure class='{'keeper' if k == 0 else 'dup'}'>"
