@@ -27,8 +27,9 @@ EncodersOpt = Annotated[int, typer.Option(
     "--encoders", min=1, help="Ray encoder actors (copies of the model) running at once.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="fp32 (reference), fp32-onnx (CPU: same numbers, image tower in "
-    "ONNX Runtime, ~10% faster), int8 (CPU: image tower in ONNX Runtime, ~2x faster), "
-    "bf16 (CUDA, or CPUs with AVX512-BF16/AMX) or fp16 (CUDA).",
+    "ONNX Runtime), int8 (CPU: image tower in ONNX Runtime; ViT-B-32 runs measured "
+    "1.25-1.8x fp32 end to end, docs/benchmarks.md), bf16 (CUDA, or CPUs with "
+    "AVX512-BF16/AMX) or fp16 (CUDA).",
     envvar="CLIPSIFT_PRECISION")]
 
 
