@@ -101,7 +101,10 @@ def printable(key: str) -> str:
     """The key as text for people: undecodable bytes escaped ("caf\\xe9.png"); lossy."""
     if is_text(key):
         return key
-    return key_bytes(key).decode("utf-8", "backslashreplace")
+    try:
+        return key_bytes(key).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file name produces: escape it as is
+        return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---- JSON -----------------------------------------------------------------------------------

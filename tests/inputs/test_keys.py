@@ -88,6 +88,7 @@ def test_a_plain_file_with_colons_is_not_taken_for_a_gone_tar_member(tmp_path):
 def test_text_forms_of_a_name_that_is_not_utf8():
     assert not is_text(CAFE) and is_text("/p/café.png")
     assert printable(CAFE) == "/p/caf\\xe9.png" and printable("/p/café.png") == "/p/café.png"
+    assert printable("a\ud800b") == "a\\ud800b"  # never raises, even on a lone surrogate
     rec = json.loads(json.dumps(json_fields("path", CAFE)))
     assert rec == {"path": "/p/caf\\xe9.png", "path_bytes": "L3AvY2Fm6S5wbmc="}
     assert key_from_json(rec) == CAFE
