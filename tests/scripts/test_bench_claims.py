@@ -15,7 +15,7 @@ RESULTS = re.compile(r"bench/results/[\w.\-]+\.(?:json|md)")
 MEASURE = re.compile(
     r"\d[\d,.]*\s*(?:ms|s\b|×|x\b|%|images/s|img/s|req/s|strings/s|items/s|GFLOP/s|"
     r"[KMGT]B\b|B/vector|bytes)")
-PAGES = sorted((ROOT / "docs").glob("benchmarks*.md"))
+PAGES = [*sorted((ROOT / "docs").glob("benchmarks*.md")), ROOT / "docs" / "scaling.md"]
 
 
 def sections(text: str) -> list[tuple[str, str]]:
@@ -48,7 +48,7 @@ def has_figures(body: str) -> bool:
 
 def test_the_benchmark_pages_exist():
     assert [p.name for p in PAGES] == ["benchmarks-search.md", "benchmarks-server.md",
-                                       "benchmarks.md"]
+                                       "benchmarks.md", "scaling.md"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -67,6 +67,18 @@ def test_every_cited_results_file_exists():
     assert cited, "no results file is cited at all"
     gone = sorted((name, c) for name, c in cited if not (ROOT / c).is_file())
     assert not gone, f"cited but not committed: {gone}"
+
+
+def test_the_readme_speed_claims_cite_results_files():
+    speed = dict(sections((ROOT / "README.md").read_text(encoding="utf-8")))["Speed"]
+    cited = RESULTS.findall(speed)
+    assert has_figures(speed) and cited and all((ROOT / c).is_file() for c in cited)
+
+
+def test_test_files_named_in_the_docs_exist():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {m for p in pages for m in re.findall(r"tests/[\w/]+\.py", p.read_text("utf-8"))}
+    assert named and not sorted(n for n in named if not (ROOT / n).is_file())
 
 
 def test_no_figures_come_from_temporary_files():
