@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 
 from clipsift.errors import UsageError
 from clipsift.inputs.images import IMAGE_EXTENSIONS
-from clipsift.inputs.keys import TAR_SUFFIXES, join_key
+from clipsift.inputs.keys import MEMBER_SEP, TAR_SUFFIXES, join_key
 
 LIST_SUFFIXES = (".txt", ".lst")
+__all__ = ["LIST_SUFFIXES", "MEMBER_SEP", "TAR_SUFFIXES", "Item", "count_items", "iter_items",
+           "iter_tar"]  # MEMBER_SEP, TAR_SUFFIXES: defined in clipsift.inputs.keys
 _GLOB_CHARS = frozenset("*?[")
 
 
