@@ -22,11 +22,15 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import load_avg, machine_info
 from clipsift.index.ann import AnnConfig, VectorIndex
 from clipsift.index.store import NewItem, Store
 
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True)
     store, queries, store_s = build_store(work / "bench.db", args)
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    res = {k: getattr(args, k) for k in ("n", "dim", "queries", "centers", "noise")}
+    res = {"machine": machine_info(), "argv": sys.argv[1:], "load_before": load_avg()}
+    res.update({k: getattr(args, k) for k in ("n", "dim", "queries", "centers", "noise")})
     res["store_s"] = store_s
     res["store_bytes"] = os.path.getsize(store.path)
     print(f"store built: {store_s:.0f} s", flush=True)
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["default"] = {"nprobe": AnnConfig().nprobe, "rerank": AnnConfig().rerank}
     if args.hnsw_n:
         res["hnsw"] = run_hnsw(store, queries, args.hnsw_n, args.k)
+    res["load_after"] = load_avg()
     report(res)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")

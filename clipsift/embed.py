@@ -31,8 +31,10 @@ def embed_to_parquet(
 ) -> EmbedSummary:
     """Embed image inputs (files, folders, globs, shards, lists) and texts into Parquet.
 
-    Columns: `kind` ("image" | "text"), `source` (path or the text), `embedding`
-    (list<float32>). The model name and dimension are stored in the schema metadata.
+    Columns: `kind` ("image" | "text"), `source` (path or the text), `source_bytes` (the
+    exact name as bytes where it is not valid UTF-8, else null: see clipsift.inputs.keys),
+    `embedding` (list<float32>). The model name and dimension are stored in the schema
+    metadata.
     Images are streamed and written in row groups, so memory stays flat.
 
     Args:
@@ -45,7 +47,8 @@ def embed_to_parquet(
     from clipsift.inputs.sources import iter_items
 
     schema = pa.schema(
-        [("kind", pa.string()), ("source", pa.string()), ("embedding", pa.list_(pa.float32()))],
+        [("kind", pa.string()), ("source", pa.string()), ("source_bytes", pa.binary()),
+         ("embedding", pa.list_(pa.float32()))],
         metadata={"clipsift.model": model.name, "clipsift.dim": str(model.dim)},
     )
     out = Path(output)
@@ -77,15 +80,13 @@ def _write(writer, schema, kind: str, sources: list[str], vectors: np.ndarray) -
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
     emb = pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, vectors.shape[1],
                                                       dtype=np.int32)), flat)
+    from clipsift.inputs.keys import parquet_columns
+
+    cols = parquet_columns("source", sources)
     table = pa.Table.from_arrays(
-        [pa.array([kind] * len(sources)), pa.array(_safe_str(sources)), emb], schema=schema)
+        [pa.array([kind] * len(sources)), cols["source"], cols["source_bytes"], emb],
+        schema=schema)
     writer.write_table(table)
-
-
-def _safe_str(values: list[str]) -> list[str]:
-    """Parquet strings must be valid UTF-8: keep undecodable file-name bytes visible."""
-    return [v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            for v in values]
 
 
 @dataclass

@@ -14,9 +14,9 @@ from clipsift.cli.common import (
     PrecisionOpt,
     WorkersOpt,
     load_model,
-    printable,
     report_failures,
 )
+from clipsift.inputs.keys import json_fields, printable
 
 
 def classify_cmd(
@@ -57,7 +57,7 @@ def classify_cmd(
             failed.append((res.source, res.error))
         if json_out:
             d = res.to_dict()
-            d["path"] = printable(d["path"])
+            d.update(json_fields("path", res.source))
             typer.echo(json.dumps(d, ensure_ascii=False))
         elif res.error is None:
             _print_human(res)

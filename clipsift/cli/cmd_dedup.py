@@ -17,14 +17,15 @@ from clipsift.cli.common import (
     RayAddressOpt,
     RayCpusOpt,
     WorkersOpt,
-    printable,
 )
+from clipsift.inputs.keys import json_fields, json_list_fields, printable
 
 
 def dedup_cmd(
     sources: SourcesArg = None,
     threshold: Annotated[float, typer.Option(
-        "--threshold", "-t", help="Cosine similarity from which images are duplicates.")] = 0.95,
+        "--threshold", "-t", help="Cosine similarity from which images are duplicates "
+        "(with 1e-5 tolerance for float rounding: 1.0 groups byte-identical copies).")] = 0.95,
     keep_policy: Annotated[str, typer.Option(
         "--keep-policy", help="Keeper choice, criteria in order: resolution, oldest, newest, "
         "largest-file, smallest-file, path.")] = "resolution,oldest",
@@ -63,8 +64,9 @@ def _print_groups(result, coll, json_out: bool, limit: int = 20) -> None:
 
     for g_id, group in enumerate(result.groups if json_out else result.groups[:limit]):
         if json_out:
-            typer.echo(json.dumps({"group": g_id, "keeper": printable(coll.keys[group.keeper]),
-                                   "members": [printable(coll.keys[m]) for m in group.members],
+            typer.echo(json.dumps({"group": g_id, **json_fields("keeper", coll.keys[group.keeper]),
+                                   **json_list_fields("members", [coll.keys[m]
+                                                                  for m in group.members]),
                                    "similarity": [round(s, 4) for s in group.similarity]}))
             continue
         typer.echo(f"group {g_id}: keep {printable(coll.keys[group.keeper])}")

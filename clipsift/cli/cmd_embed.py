@@ -14,9 +14,9 @@ from clipsift.cli.common import (
     PrecisionOpt,
     WorkersOpt,
     load_model,
-    printable,
     report_failures,
 )
+from clipsift.inputs.keys import json_fields, printable
 
 
 def embed_cmd(
@@ -65,7 +65,7 @@ def similarity_cmd(
     res = similarity(m, images, texts)
     if json_out:
         for key, row in zip(res.images, res.cosine, strict=True):
-            typer.echo(json.dumps({"path": printable(key), "cosine": dict(
+            typer.echo(json.dumps({**json_fields("path", key), "cosine": dict(
                 zip(res.texts, map(float, row), strict=True))}, ensure_ascii=False))
     else:
         from rich.console import Console

@@ -12,8 +12,8 @@ from clipsift.cli.common import (
     ModelOpt,
     WorkersOpt,
     load_model,
-    printable,
 )
+from clipsift.inputs.keys import printable
 
 _PER_CLASS_ROWS = 30
 
@@ -93,10 +93,7 @@ def evaluate_cmd(
 
         write_report(ev, ds, report)
     if json_out:
-        d = ev.to_dict()
-        d["failures"] = [{"path": printable(f["path"]), "error": f["error"]}
-                         for f in d["failures"]]
-        typer.echo(json.dumps(d, ensure_ascii=False))
+        typer.echo(json.dumps(ev.to_dict(), ensure_ascii=False))
     else:
         _print_human(ev)
     _print_footer(ev, report)

@@ -19,8 +19,8 @@ from clipsift.cli.common import (
     WorkersOpt,
     install_sigint,
     make_engine_for,
-    printable,
 )
+from clipsift.inputs.keys import json_fields, printable
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
@@ -184,7 +184,7 @@ def _report(s, json_out: bool) -> None:
 
     if json_out:
         typer.echo(json.dumps({
-            "manifest": str(s.manifest) if s.manifest else None, "items": s.items,
+            **json_fields("manifest", str(s.manifest) if s.manifest else None), "items": s.items,
             "kept": s.kept, "dropped": s.dropped, "errors": s.errors, "placed": s.placed,
             "place_errors": len(s.place_errors), "scored_now": s.scored_now,
             "scored_before": s.scored_before, "seconds": round(s.seconds, 3),

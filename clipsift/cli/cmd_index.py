@@ -18,8 +18,8 @@ from clipsift.cli.common import (
     WorkersOpt,
     install_sigint,
     make_engine_for,
-    printable,
 )
+from clipsift.inputs.keys import json_fields, printable
 
 IndexArg = Annotated[str, typer.Argument(
     help="Index file, or a bare name kept in $CLIPSIFT_INDEX_DIR "
@@ -164,7 +164,7 @@ def _print_hits(hits, json_out: bool) -> None:
 
     for h in hits:
         if json_out:
-            typer.echo(json.dumps({"id": h.id, "path": printable(h.path), "score": h.score},
+            typer.echo(json.dumps({"id": h.id, **json_fields("path", h.path), "score": h.score},
                                   ensure_ascii=False))
         else:
             typer.echo(f"{h.score:.4f}  {printable(h.path)}  (id {h.id})")
@@ -190,7 +190,7 @@ def errors_cmd(index: IndexArg, json_out: JsonOpt = False) -> None:
     with Index(index, create=False) as idx:
         for row in idx.errors():
             if json_out:
-                typer.echo(json.dumps({"id": row.id, "path": printable(row.key),
+                typer.echo(json.dumps({"id": row.id, **json_fields("path", row.key),
                                        "error": row.error}, ensure_ascii=False))
             else:
                 typer.echo(f"{printable(row.key)}: {row.error}")

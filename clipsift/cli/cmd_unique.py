@@ -17,8 +17,8 @@ from clipsift.cli.common import (
     RayAddressOpt,
     RayCpusOpt,
     WorkersOpt,
-    printable,
 )
+from clipsift.inputs.keys import json_fields, printable
 
 
 def unique_cmd(
@@ -47,8 +47,10 @@ def unique_cmd(
             result.nearest_similarity[:top], strict=True), start=1):
         path, nearest = printable(coll.keys[row]), printable(coll.keys[near])
         if json_out:
-            typer.echo(json.dumps({"rank": rank, "path": path, "uniqueness": round(float(
-                score), 5), "nearest": nearest, "nearest_similarity": round(float(sim), 5)}))
+            typer.echo(json.dumps({"rank": rank, **json_fields("path", coll.keys[row]),
+                                   "uniqueness": round(float(score), 5),
+                                   **json_fields("nearest", coll.keys[near]),
+                                   "nearest_similarity": round(float(sim), 5)}))
         else:
             typer.echo(f"{rank:4d}  {score:.4f}  {path}  (nearest {sim:.3f}: {nearest})")
 

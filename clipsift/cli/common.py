@@ -27,8 +27,9 @@ EncodersOpt = Annotated[int, typer.Option(
     "--encoders", min=1, help="Ray encoder actors (copies of the model) running at once.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="fp32 (reference), fp32-onnx (CPU: same numbers, image tower in "
-    "ONNX Runtime, ~10% faster), int8 (CPU: image tower in ONNX Runtime, ~2x faster), "
-    "bf16 (CUDA, or CPUs with AVX512-BF16/AMX) or fp16 (CUDA).",
+    "ONNX Runtime), int8 (CPU: image tower in ONNX Runtime; ViT-B-32 runs measured "
+    "1.25-1.8x fp32 end to end, docs/benchmarks.md), bf16 (CUDA, or CPUs with "
+    "AVX512-BF16/AMX) or fp16 (CUDA).",
     envvar="CLIPSIFT_PRECISION")]
 
 
@@ -49,15 +50,12 @@ def report_failures(failed: list[tuple[str, str]], total: int) -> int:
 
     if not failed:
         return 0
+    from clipsift.inputs.keys import printable
+
     notice(f"{len(failed)} of {total} input(s) failed:")
     for source, reason in failed:
         notice(f"  {printable(source)}: {reason}")
     return 1
-
-
-def printable(text: str) -> str:
-    """File names may hold undecodable bytes; show them escaped, never crash on print."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def make_engine_for(name: str, workers, ray_address, ray_cpus, encoders):

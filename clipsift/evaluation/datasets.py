@@ -27,6 +27,7 @@ import numpy as np
 
 from clipsift.errors import UsageError
 from clipsift.inputs.images import IMAGE_EXTENSIONS
+from clipsift.inputs.keys import key_from_sql, split_key, sql_value
 from clipsift.inputs.sources import Item, iter_items, iter_tar
 
 TOKENIZATION_FILE = "_tokenization.txt"
@@ -207,7 +208,7 @@ def _from_tar(path: Path) -> Dataset:
     """Members `.../<class>/<image>` of a tar: the class is the member's parent folder."""
     by_class: dict[str, list[Item]] = {}
     for item in iter_tar(str(path)):
-        member = item.key.rsplit("::", 1)[-1]
+        member = split_key(item.key)[1] or ""
         parts = member.split("/")
         if len(parts) < 2:
             raise UsageError(f"tar member {member!r} of {str(path)!r} is not inside a class "
@@ -391,7 +392,9 @@ class EmbeddingCache:
             chunk = keys[start:start + 500]
             q = ("SELECT key, size, mtime, vec, error FROM vecs WHERE model = ? AND key IN "
                  f"({','.join('?' * len(chunk))})")
-            for key, size, mtime, vec, error in self.db.execute(q, [model, *chunk]):
+            for raw, size, mtime, vec, error in self.db.execute(
+                    q, [model, *(sql_value(k) for k in chunk)]):
+                key = key_from_sql(raw)
                 it = wanted[key]
                 if size == it.size and abs(mtime - float(it.mtime or 0)) < 1e-6:
                     out[key] = (vec, error)
@@ -400,7 +403,7 @@ class EmbeddingCache:
     def put(self, model: str, entries: Sequence[tuple[Item, np.ndarray | None, str | None]]
             ) -> None:
         """Store (item, vector | None, error | None) for items with a known size and mtime."""
-        rows = [(model, it.key, it.size, it.mtime,
+        rows = [(model, sql_value(it.key), it.size, it.mtime,
                  None if vec is None else np.asarray(vec, "<f4").tobytes(), err)
                 for it, vec, err in entries if it.size is not None and it.mtime is not None]
         with self.db:

@@ -296,12 +296,14 @@ class Evaluation:
         return self.prompt_sets[self.best_index]
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "dataset": self.dataset, "kind": self.kind,
+        from clipsift.inputs.keys import json_fields
+
+        return {"model": self.model, **json_fields("dataset", self.dataset), "kind": self.kind,
                 "classes": self.classes, "images": int(sum(self.counts)),
                 "scored": len(self.rows), "best": self.best.name,
                 "prompt_sets": [p.to_dict() for p in self.prompt_sets],
                 "heldout": self.heldout.to_dict() if self.heldout else None,
-                "failures": [{"path": k, "error": e} for k, e in self.failures],
+                "failures": [{**json_fields("path", k), "error": e} for k, e in self.failures],
                 "notes": self.notes, "embedding": self.embedding}
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from clipsift.errors import ImageError, UsageError
 from clipsift.evaluation.datasets import Dataset
 from clipsift.evaluation.evaluate import Evaluation, Metrics
+from clipsift.inputs.keys import printable, split_key
 
 _CSS = """
 :root{--ink:#1f2933;--muted:#616e7c;--line:#e4e7eb;--bg:#f5f7fa;--card:#fff;--accent:#2563eb;
@@ -297,15 +298,17 @@ def _mistakes_section(ev: Evaluation, dataset: Dataset, limit: int) -> str:
         sample = int(ev.rows[pos])
         src = thumbnail(dataset, sample)
         key = dataset.samples[sample].key
+        path, member = split_key(key)
         img = (f'<img class="thumb" alt="" src="{src}">' if src else
                '<img class="thumb" alt="unreadable">')
-        name = "/".join(key.rsplit("::", 1)[-1].replace(os.sep, "/").split("/")[-2:])
+        name = "/".join(printable(member if member is not None else path).replace(
+            os.sep, "/").split("/")[-2:])
         cards.append(
             f'<div class="mistake">{img}<div class="t"><div>predicted <span class="pred">'
             f"{escape(ev.classes[best.predicted[pos]])}</span> {_pct(best.confidence[pos])}</div>"
             f'<div>true <span class="true">{escape(ev.classes[ev.y_true[pos]])}</span> '
             f"{_pct(best.true_probability[pos])}</div><div class=\"fname\" title=\""
-            f'{escape(key)}">{escape(name)}</div></div></div>')
+            f'{escape(printable(key))}">{escape(name)}</div></div></div>')
     if not cards:
         return ('<section id="mistakes"><h2>Most confident mistakes</h2><p class="note">'
                 "No mistakes: every image was classified correctly.</p></section>")
@@ -318,7 +321,7 @@ def _mistakes_section(ev: Evaluation, dataset: Dataset, limit: int) -> str:
 def _failures_section(ev: Evaluation) -> str:
     if not ev.failures and not ev.notes:
         return ""
-    items = "".join(f"<li>{escape(k)}: {escape(e)}</li>" for k, e in ev.failures[:200])
+    items = "".join(f"<li>{escape(printable(k))}: {escape(e)}</li>" for k, e in ev.failures[:200])
     more = f"<li>… and {len(ev.failures) - 200} more</li>" if len(ev.failures) > 200 else ""
     notes = "".join(f"<p class=\"note\">{escape(n)}</p>" for n in ev.notes)
     return (f'<section id="failures"><h2>Unreadable images: {len(ev.failures)}</h2>{notes}'

@@ -1,6 +1,7 @@
 """Export an index to Parquet for pandas / duckdb / Spark users.
 
-Columns: id int64, path string, size int64, mtime float64 (seconds since the epoch),
+Columns: id int64, path string, path_bytes binary (the exact name where it is not valid
+UTF-8, else null: see clipsift.inputs.keys), size int64, mtime float64 (seconds since the epoch),
 hash string (blake2b-128 hex), width int32, height int32, embedding list<float32>.
 Only items with a vector are written; errors are listed by `clipsift errors`. The schema
 metadata records `model`, `dim` and `clipsift_index_schema`. Rows are written in chunks,
@@ -39,6 +40,7 @@ def parquet_schema(model: str, dim: int, schema_version: int):  # -> pyarrow.Sch
     fields = [
         pa.field("id", pa.int64(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
+        pa.field("path_bytes", pa.binary()),
         pa.field("size", pa.int64()),
         pa.field("mtime", pa.float64()),
         pa.field("hash", pa.string()),
@@ -96,9 +98,11 @@ def _table(store: Store, rows: list, schema, pa):  # -> pyarrow.Table
     dim = store.meta.dim
     offsets = pa.array(np.arange(0, (len(rows) + 1) * dim, dim, dtype=np.int32))
     emb = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1), pa.float32()))
+    from clipsift.inputs.keys import parquet_columns
+
     cols = {
         "id": pa.array([r.id for r in rows], pa.int64()),
-        "path": pa.array([r.key for r in rows], pa.string()),
+        **parquet_columns("path", [r.key for r in rows]),
         "size": pa.array([r.size for r in rows], pa.int64()),
         "mtime": pa.array([r.mtime for r in rows], pa.float64()),
         "hash": pa.array([r.hash for r in rows], pa.string()),

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.errors import IndexInUse, StoreError, UsageError
+from clipsift.inputs.keys import key_from_sql, sql_value
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -255,7 +256,7 @@ class Store:
         cur = self.db.execute(
             "INSERT INTO items (key, size, mtime, hash, status, error, width, height) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            (item.key, item.size, item.mtime, item.hash, status, item.error,
+            (sql_value(item.key), item.size, item.mtime, item.hash, status, item.error,
              item.width, item.height),
         )
         if cur.rowcount != 1:
@@ -272,8 +273,8 @@ class Store:
         self.db.execute(
             "UPDATE items SET key=?, size=?, mtime=?, hash=?, status=?, error=?, width=?, "
             "height=? WHERE id=?",
-            (item.key, item.size, item.mtime, item.hash, status, item.error, item.width,
-             item.height, item_id),
+            (sql_value(item.key), item.size, item.mtime, item.hash, status, item.error,
+             item.width, item.height, item_id),
         )
         if item.vector is not None:
             self._put_vector(item_id, vector_blob(item.vector), gen)
@@ -289,7 +290,7 @@ class Store:
             "INSERT INTO items (key, size, mtime, hash, status, error, width, height) "
             "SELECT ?, ?, ?, hash, status, error, width, height FROM items WHERE id = ? "
             "ON CONFLICT (key) DO NOTHING",
-            (key, size, mtime, source_id),
+            (sql_value(key), size, mtime, source_id),
         )
         if cur.rowcount != 1:
             return None
@@ -323,7 +324,7 @@ class Store:
             self.db.execute("UPDATE items SET size=?, mtime=? WHERE id=?", (size, mtime, item_id))
         else:
             self.db.execute("UPDATE items SET key=?, size=?, mtime=? WHERE id=?",
-                            (key, size, mtime, item_id))
+                            (sql_value(key), size, mtime, item_id))
 
     def delete(self, ids: Iterable[int]) -> int:
         """Remove items (and vectors); returns how many rows went."""
@@ -355,8 +356,10 @@ class Store:
         out: dict[str, CatalogRow] = {}
         for chunk in _chunks(list(keys)):
             marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"{_SELECT_ROW} WHERE key IN ({marks})", chunk):
-                out[row[1]] = CatalogRow(*row)
+            for values in self.db.execute(f"{_SELECT_ROW} WHERE key IN ({marks})",
+                                          [sql_value(k) for k in chunk]):
+                row = _row(values)
+                out[row.key] = row
         return out
 
     def rows(self, ids: Sequence[int]) -> dict[int, CatalogRow]:
@@ -364,7 +367,7 @@ class Store:
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(f"{_SELECT_ROW} WHERE id IN ({marks})", chunk):
-                out[row[0]] = CatalogRow(*row)
+                out[row[0]] = _row(row)
         return out
 
     def find_ok_by_hash(self, digest: str) -> int | None:
@@ -386,7 +389,7 @@ class Store:
             ).fetchall()
             if not batch:
                 return
-            yield from (CatalogRow(*r) for r in batch)
+            yield from (_row(r) for r in batch)
             last = batch[-1][0]
 
     def count(self, status: str | None = None) -> int:
@@ -439,6 +442,11 @@ class Store:
 
 
 _SELECT_ROW = "SELECT id, key, size, mtime, hash, status, error, width, height FROM items"
+
+
+def _row(values: Sequence) -> CatalogRow:
+    """A CatalogRow from a `_SELECT_ROW` result (keys that are not UTF-8 are BLOBs)."""
+    return CatalogRow(values[0], key_from_sql(values[1]), *values[2:])
 
 
 @contextlib.contextmanager

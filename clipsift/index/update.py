@@ -60,7 +60,7 @@ class AddProgress:
 
 def _in_scope(inputs: list[str], recursive: bool) -> Callable[[str], bool]:
     """Predicate: is a catalog key inside a folder/shard this run walked completely?"""
-    from clipsift.inputs.sources import MEMBER_SEP, TAR_SUFFIXES
+    from clipsift.inputs.keys import TAR_SUFFIXES, join_key
 
     folders: list[str] = []
     prefixes: list[str] = []
@@ -70,7 +70,7 @@ def _in_scope(inputs: list[str], recursive: bool) -> Callable[[str], bool]:
             if os.path.isdir(full):
                 folders.append(os.path.join(full, ""))
             elif full.lower().endswith(TAR_SUFFIXES):
-                prefixes.append(full + MEMBER_SEP)
+                prefixes.append(join_key(full, ""))
 
     def check(key: str) -> bool:
         if any(key.startswith(p) for p in prefixes):
@@ -92,9 +92,9 @@ def _mtime(item: Item) -> float:  # -1: unknown (a listed file that does not exi
 
 def _gone(key: str, in_scope: Callable[[str], bool]) -> bool:
     """An item not seen in a complete run is gone if its folder was walked or its file left."""
-    from clipsift.inputs.sources import MEMBER_SEP
+    from clipsift.inputs.keys import split_key
 
-    return in_scope(key) or not os.path.exists(key.split(MEMBER_SEP, 1)[0])
+    return in_scope(key) or not os.path.exists(split_key(key)[0])
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Everything is a generator, so memory stays flat however large the collection: folders are
 walked lazily in sorted (deterministic) order, tar shards are read header by header and
 their members are read later by offset. File names that are not valid UTF-8 work: they are
-kept as `os.fsdecode` strings (surrogate escapes), which `open()` maps back to the same bytes.
+kept as `os.fsdecode` strings (surrogate escapes), which `open()` maps back to the same bytes;
+`clipsift.inputs.keys` turns them into text, JSON, Parquet and SQLite values and back.
 
 Inputs, by shape:
     - an image file: one item, whatever its extension (the user named it);
@@ -26,10 +27,11 @@ from dataclasses import dataclass, field
 
 from clipsift.errors import UsageError
 from clipsift.inputs.images import IMAGE_EXTENSIONS
+from clipsift.inputs.keys import MEMBER_SEP, TAR_SUFFIXES, join_key
 
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LIST_SUFFIXES = (".txt", ".lst")
-MEMBER_SEP = "::"
+__all__ = ["LIST_SUFFIXES", "MEMBER_SEP", "TAR_SUFFIXES", "Item", "count_items", "iter_items",
+           "iter_tar"]  # MEMBER_SEP, TAR_SUFFIXES: defined in clipsift.inputs.keys
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -171,7 +173,7 @@ def iter_tar(shard: str, *, extensions: Collection[str] = IMAGE_EXTENSIONS) -> I
                 continue
             if any(_is_hidden(part) for part in name.split("/")):
                 continue
-            key = f"{shard}{MEMBER_SEP}{name}"
+            key = join_key(shard, name)
             if compressed or member.issparse():
                 fh = tf.extractfile(member)
                 data = fh.read() if fh is not None else b""

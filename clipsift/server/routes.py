@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from fastapi.responses import Response
 
 from clipsift import __version__
+from clipsift.inputs.keys import json_fields
 from clipsift.server import schemas as S
 from clipsift.server.service import FoundItem, Service, item_name
 
@@ -53,7 +54,7 @@ def _hits(request: Request, svc: Service, found: list[FoundItem], start: float
           ) -> S.SearchResponse:
     root = request.scope.get("root_path", "")
     hide = svc.settings.hide_paths
-    hits = [S.HitOut(id=h.id, name=item_name(h.key), path=None if hide else h.key,
+    hits = [S.HitOut(id=h.id, name=item_name(h.key), **({} if hide else json_fields("path", h.key)),
                      score=h.score, thumbnail=f"{root}/v1/thumbnail/{h.id}")
             for h in found]
     return S.SearchResponse(hits=hits, took_ms=round((time.perf_counter() - start) * 1e3, 2))
@@ -218,8 +219,8 @@ async def get_item(item_id: ItemId, svc: Svc, request: Request) -> S.ItemOut:
     rec = await svc.item(item_id)
     root = request.scope.get("root_path", "")
     return S.ItemOut(id=rec.id, name=item_name(rec.key),
-                     path=None if svc.settings.hide_paths else rec.key, width=rec.width,
-                     height=rec.height, thumbnail=f"{root}/v1/thumbnail/{rec.id}")
+                     **({} if svc.settings.hide_paths else json_fields("path", rec.key)),
+                     width=rec.width, height=rec.height, thumbnail=f"{root}/v1/thumbnail/{rec.id}")
 
 
 @router.get("/thumbnail/{item_id}", tags=["items"], response_class=Response, responses={

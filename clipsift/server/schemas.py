@@ -132,10 +132,15 @@ class ClassifyResponse(BaseModel):
     labels: list[LabelScoreOut]
 
 
+PATH_BYTES = ("Base64 of the exact file name bytes, only when the name is not valid UTF-8 "
+              "(then `path` shows it with \\xNN escapes); null otherwise.")
+
+
 class HitOut(BaseModel):
     id: int
     name: str = Field(description="File name of the item.")
     path: str | None = Field(None, description="Item key (absent with --hide-paths).")
+    path_bytes: str | None = Field(None, description=PATH_BYTES)
     score: float
     thumbnail: str = Field(description="URL of the item's thumbnail.")
 
@@ -159,6 +164,7 @@ class ItemOut(BaseModel):
     id: int
     name: str
     path: str | None = None
+    path_bytes: str | None = Field(None, description=PATH_BYTES)
     width: int | None = None
     height: int | None = None
     thumbnail: str

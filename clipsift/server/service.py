@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from clipsift.errors import ClipsiftError, NotFound, PayloadTooLarge, UsageError
 from clipsift.index.query import CaptionHit, Query, Term, combine, parse_query, rank_captions
 from clipsift.index.store import STATUS_OK
 from clipsift.inputs.images import open_image
-from clipsift.inputs.sources import MEMBER_SEP
+from clipsift.inputs.keys import key_name, printable
 from clipsift.models.base import l2_normalize
 from clipsift.server.batcher import MicroBatcher
 from clipsift.server.config import ServerSettings
@@ -69,7 +68,7 @@ class ItemRecord:
 
 def item_name(key: str) -> str:
     """The file name shown for a catalog key (a path or "shard.tar::member")."""
-    return os.path.basename(key.rpartition(MEMBER_SEP)[2] if MEMBER_SEP in key else key)
+    return printable(key_name(key))
 
 
 class Service:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from clipsift.errors import ImageError
 from clipsift.inputs.images import open_image
-from clipsift.inputs.sources import MEMBER_SEP
+from clipsift.inputs.keys import split_key
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -60,10 +60,10 @@ class ItemReader:
 
     def read(self, key: str) -> bytes:
         """The item's bytes. Raises OSError when it cannot be read any more."""
-        if os.path.isfile(key) or MEMBER_SEP not in key:
+        shard, member = split_key(key)
+        if member is None or os.path.isfile(key):
             with open(key, "rb") as fh:
                 return fh.read()
-        shard, _, member = key.partition(MEMBER_SEP)
         if not shard.lower().endswith(".tar"):  # compressed shards cannot be seeked
             with tarfile.open(shard, "r:*") as tf:
                 fh = tf.extractfile(member)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsift.errors import UsageError
+from clipsift.inputs.keys import parquet_columns, printable
 from clipsift.models.base import l2_normalize
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ KEEP_CRITERIA = ("resolution", "oldest", "newest", "largest-file", "smallest-fil
 DEFAULT_KEEP = ("resolution", "oldest")
 #: From this many vectors `method="auto"` uses an IVF index instead of exact search.
 IVF_FROM = 200_000
+#: Similarities are float32 sums: identical unit vectors score 0.99999994, not 1.0. A pair
+#: counts from `threshold - SIM_TOLERANCE` on, so `threshold=1.0` finds identical copies.
+SIM_TOLERANCE = 1e-5
 _CHUNK = 4096
 
 
@@ -191,7 +195,14 @@ def _index(vectors: np.ndarray, method: str, nprobe: int) -> tuple[Any, str]:
 
 def similar_pairs(vectors: np.ndarray, threshold: float, *, method: str = "auto",
                   nprobe: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """All pairs (i < j) with cosine >= threshold, via FAISS range search in chunks.
+    """All pairs (i < j) with cosine >= threshold - SIM_TOLERANCE, via FAISS range search.
+
+    Args:
+        vectors: float32 [N, D], unit rows.
+        threshold: the similarity from which a pair is kept, up to float rounding
+            (`SIM_TOLERANCE`); FAISS's own range search keeps only scores above its radius.
+        method: "exact", "ivf" or "auto" (see `find_duplicates`).
+        nprobe: IVF cells searched per query.
 
     Returns:
         (i int64 [M], j int64 [M], similarity float32 [M], method used).
@@ -200,9 +211,11 @@ def similar_pairs(vectors: np.ndarray, threshold: float, *, method: str = "auto"
     if len(x) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), "exact"
     index, used = _index(x, method, nprobe)
+    # the largest float32 below the tolerant threshold: FAISS keeps scores > radius
+    radius = float(np.nextafter(np.float32(threshold - SIM_TOLERANCE), np.float32(-np.inf)))
     out_i, out_j, out_s = [], [], []
     for start in range(0, len(x), _CHUNK):
-        lims, sims, ids = index.range_search(x[start : start + _CHUNK], float(threshold))
+        lims, sims, ids = index.range_search(x[start : start + _CHUNK], radius)
         query = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
         forward = ids > query  # each pair once, no self-matches
         out_i.append(query[forward])
@@ -254,7 +267,9 @@ def find_duplicates(coll: Collection, threshold: float = 0.95, *,
     Args:
         coll: the embedded images.
         threshold: cosine similarity from which two images are duplicates (0.9-0.97 is
-            typical for CLIP models: resized/re-encoded copies score ~0.97-0.99).
+            typical for CLIP models: resized/re-encoded copies score ~0.97-0.99), with a
+            tolerance of SIM_TOLERANCE (1e-5) for float rounding: 1.0 groups identical
+            vectors (byte-identical files).
         keep: keeper policy, criteria in order (see KEEP_CRITERIA); ties end on the path.
         method: "exact", "ivf" (approximate, for millions) or "auto".
         nprobe: IVF cells searched per query (ivf only).
@@ -284,13 +299,10 @@ def find_duplicates(coll: Collection, threshold: float = 0.95, *,
                        time.perf_counter() - t0)
 
 
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def write_groups_parquet(result: DedupResult, coll: Collection, path: str | os.PathLike) -> Path:
-    """One row per grouped image: group, path, keeper, similarity to the keeper, width,
-    height, size, mtime. Images in no group are not listed."""
+    """One row per grouped image: group, path (+ path_bytes, see clipsift.inputs.keys),
+    keeper, similarity to the keeper, width, height, size, mtime. Images in no group are
+    not listed."""
     import json
 
     import pyarrow as pa
@@ -305,7 +317,7 @@ def write_groups_parquet(result: DedupResult, coll: Collection, path: str | os.P
 
     table = pa.table({
         "group": pa.array([r[0] for r in rows], pa.int32()),
-        "path": pa.array([_printable(coll.keys[r[1]]) for r in rows], pa.string()),
+        **parquet_columns("path", [coll.keys[r[1]] for r in rows]),
         "keeper": pa.array([r[2] for r in rows], pa.bool_()),
         "similarity": pa.array([r[3] for r in rows], pa.float32()),
         "width": opt(coll.width, coll.width < 0, pa.int32()),
@@ -386,9 +398,9 @@ def write_unique_parquet(result: UniqueResult, coll: Collection,
 
     table = pa.table({
         "rank": pa.array(np.arange(1, len(result.order) + 1), pa.int64()),
-        "path": pa.array([_printable(coll.keys[i]) for i in result.order], pa.string()),
+        **parquet_columns("path", [coll.keys[i] for i in result.order]),
         "uniqueness": pa.array(result.score, pa.float32()),
-        "nearest_path": pa.array([_printable(coll.keys[i]) for i in result.nearest]),
+        **parquet_columns("nearest_path", [coll.keys[i] for i in result.nearest]),
         "nearest_similarity": pa.array(result.nearest_similarity, pa.float32()),
     }).replace_schema_metadata({"clipsift.k": str(result.k), "clipsift.model": coll.model})
     out = Path(path)
@@ -411,11 +423,11 @@ def _thumbnail(key: str, size: int) -> str:
     import tarfile
 
     from clipsift.inputs.images import open_image
-    from clipsift.inputs.sources import MEMBER_SEP
+    from clipsift.inputs.keys import split_key
 
     try:
-        if MEMBER_SEP in key:
-            shard, name = key.split(MEMBER_SEP, 1)
+        shard, name = split_key(key)
+        if name is not None:
             with tarfile.open(shard, "r:*") as tf:
                 fh = tf.extractfile(name)
                 data = fh.read() if fh is not None else b""
@@ -443,7 +455,7 @@ def write_groups_html(result: DedupResult, coll: Collection, path: str | os.Path
     for g_id, group in enumerate(result.groups[:max_groups]):
         parts.append(f"<section><h3>group {g_id}: {len(group.members)} images</h3>")
         for k, (row, sim) in enumerate(zip(group.members, group.similarity, strict=True)):
-            key = _printable(coll.keys[row])
+            key = printable(coll.keys[row])
             dims = f"{coll.width[row]}x{coll.height[row]}" if coll.width[row] >= 0 else "?"
             label = "keeper" if k == 0 else f"sim {sim:.3f}"
             parts.append(f"<figure class='{'keeper' if k == 0 else 'dup'}'>"

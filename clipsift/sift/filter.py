@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipsift.errors import ModelMismatch, UsageError
+from clipsift.inputs.keys import key_bytes, key_from_bytes, parquet_columns
 from clipsift.models.base import l2_normalize
 from clipsift.sift.rules import Calibration, Rule, calibrate, decide, prompt_vectors, score_matrix
 
@@ -282,18 +283,6 @@ def _index_rows(store, rows) -> list[_Row]:
 
 
 # ---- the work folder -----------------------------------------------------------------------
-def _key_bytes(key: str) -> bytes:
-    return key.encode("utf-8", "surrogateescape")
-
-
-def _key_str(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _printable(key: str) -> str:
-    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _part_table(rows: list[_Row], texts: np.ndarray) -> pa.Table:
     import pyarrow as pa
 
@@ -304,7 +293,7 @@ def _part_table(rows: list[_Row], texts: np.ndarray) -> pa.Table:
         scores[ok] = score_matrix(np.stack([rows[i][6] for i in ok]), texts)
     offsets = pa.array(np.arange(0, n * p + 1, p, dtype=np.int32))
     cols = {
-        "key": pa.array([_key_bytes(r[0]) for r in rows], pa.binary()),
+        "key": pa.array([key_bytes(r[0]) for r in rows], pa.binary()),
         "size": pa.array([r[1] for r in rows], pa.int64()),
         "mtime": pa.array([r[2] for r in rows], pa.float64()),
         "width": pa.array([r[3] for r in rows], pa.int32()),
@@ -354,7 +343,8 @@ class _WorkDir:
 
         keys: set[str] = set()
         for f in self._files():
-            keys.update(_key_str(k) for k in pq.read_table(f, columns=["key"])["key"].to_pylist())
+            keys.update(key_from_bytes(k)
+                        for k in pq.read_table(f, columns=["key"])["key"].to_pylist())
         return keys
 
     def write_part(self, table: pa.Table) -> None:
@@ -386,7 +376,7 @@ def _finish(work: _WorkDir, out: FilterOutput, rule: Rule, model: ClipModel,
             t0: float) -> tuple[tuple[int, int, int, int], int, dict[str, str]]:
     table = work.read()
     n, p = table.num_rows, len(rule.columns())
-    keys = [_key_str(k) for k in table["key"].to_pylist()]
+    keys = [key_from_bytes(k) for k in table["key"].to_pylist()]
     ok = np.array([e is None for e in table["error"].to_pylist()], dtype=bool)
     flat = table["scores"].combine_chunks().flatten() if n else []
     scores = np.asarray(flat, np.float32).reshape(n, p)
@@ -417,7 +407,7 @@ def _manifest(table: pa.Table, keys: list[str], scores: np.ndarray, ok: np.ndarr
     import pyarrow as pa
 
     decision = np.where(~ok, "error", np.where(dec.keep, "keep", "drop"))
-    cols: dict[str, pa.Array] = {"path": pa.array([_printable(k) for k in keys], pa.string())}
+    cols: dict[str, pa.Array] = parquet_columns("path", keys)
     for name in ("size", "mtime", "width", "height", "error"):
         cols[name] = table[name]
     cols["decision"] = pa.array(decision.tolist(), pa.string())
@@ -438,8 +428,8 @@ def _manifest(table: pa.Table, keys: list[str], scores: np.ndarray, ok: np.ndarr
         cols[name] = floats(scores[:, i])
     if targets:
         got = [targets.get(k) for k in keys]
-        cols["output_path"] = pa.array([_printable(g[0]) if g and g[1] == "done" else None
-                                        for g in got], pa.string())
+        cols.update(parquet_columns("output_path", [g[0] if g and g[1] == "done" else None
+                                                    for g in got]))
         cols["place_error"] = pa.array([g[2] if g else None for g in got], pa.string())
     meta = {"clipsift.model": model.name, "clipsift.rule": json.dumps(rule.to_json()),
             "clipsift.prompt_columns": json.dumps([c for c, _ in rule.columns()])}

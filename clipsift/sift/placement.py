@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipsift.errors import UsageError
-from clipsift.inputs.sources import MEMBER_SEP
+from clipsift.inputs.keys import key_from_sql, split_key, sql_value
 
 PLACE_MODES = ("copy", "symlink", "move")
 _COMMIT_EVERY = 256
@@ -49,8 +49,9 @@ def relative_name(key: str, roots: Sequence[str]) -> str:
     their path relative to it, other files keep their base name. '..' and absolute parts
     are dropped, so nothing lands outside the output folder.
     """
-    if MEMBER_SEP in key:
-        rel = key.split(MEMBER_SEP, 1)[1]
+    _, member = split_key(key)
+    if member is not None:
+        rel = member
     else:
         rel = os.path.basename(key)
         for root in roots:
@@ -146,7 +147,7 @@ class Placer:
     def targets(self) -> dict[str, tuple[str, str, str | None]]:
         """key -> (target, state, error) for every planned placement."""
         rows = self.db.execute("SELECT key, target, state, error FROM placed")
-        return {k: (t, s, e) for k, t, s, e in rows}
+        return {key_from_sql(k): (key_from_sql(t), s, e) for k, t, s, e in rows}
 
     def pending(self) -> int:
         """Planned placements not carried out yet."""
@@ -164,22 +165,23 @@ class Placer:
             target = _free_name(self.out_dir / rel, taken)
             taken.add(str(target))
             known[key] = (str(target), "pending", None)
-            rows.append((key, str(target), self.mode, "pending", None))
+            rows.append((sql_value(key), sql_value(str(target)), self.mode, "pending", None))
         with self.db:
             self.db.executemany("INSERT INTO placed VALUES (?, ?, ?, ?, ?)", rows)
 
     def run(self, on_file: Callable[[], None] | None = None) -> PlaceSummary:
         """Carry out every pending placement; failures are recorded per file, never raised."""
-        pending = self.db.execute("SELECT key, target, mode FROM placed WHERE state = 'pending' "
-                                  "ORDER BY rowid").fetchall()
+        pending = [(key_from_sql(k), key_from_sql(t), m) for k, t, m in self.db.execute(
+            "SELECT key, target, mode FROM placed WHERE state = 'pending' ORDER BY rowid")]
         already = int(self.db.execute("SELECT COUNT(*) FROM placed WHERE state = 'done'"
                                       ).fetchone()[0])
         self._taken = {t for t, _, _ in self.targets().values()}
         by_shard: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
         plain = []
         for row in pending:
-            if MEMBER_SEP in row[0]:
-                by_shard[row[0].split(MEMBER_SEP, 1)[0]].append(row)
+            shard, member = split_key(row[0])
+            if member is not None:
+                by_shard[shard].append(row)
             else:
                 plain.append(row)
         updates: list[tuple[str, str | None, str, str]] = []
@@ -191,7 +193,8 @@ class Placer:
                 updates.append(self._one(key, data, Path(target), "copy"))
                 self._flush(updates, on_file)
         self._flush(updates, on_file, force=True)
-        errors = dict(self.db.execute("SELECT key, error FROM placed WHERE state = 'error'"))
+        errors = {key_from_sql(k): e for k, e in self.db.execute(
+            "SELECT key, error FROM placed WHERE state = 'error'")}
         placed = int(self.db.execute("SELECT COUNT(*) FROM placed WHERE state = 'done'"
                                      ).fetchone()[0]) - already
         return PlaceSummary(placed, already, errors)
@@ -203,7 +206,8 @@ class Placer:
         if updates and (force or len(updates) >= _COMMIT_EVERY):
             with self.db:
                 self.db.executemany("UPDATE placed SET state = ?, error = ?, target = ? "
-                                    "WHERE key = ?", updates)
+                                    "WHERE key = ?", [(s, e, sql_value(t), sql_value(k))
+                                                      for s, e, t, k in updates])
             updates.clear()
 
     def _one(self, key: str, data: bytes | Exception | None, target: Path,
@@ -260,7 +264,7 @@ class Placer:
 
 def _members(shard: str, rows: list[tuple[str, str, str]]):
     """Yield (key, bytes | exception, target) for wanted members, in one pass over the shard."""
-    wanted = {key.split(MEMBER_SEP, 1)[1]: (key, target) for key, target, _ in rows}
+    wanted = {split_key(key)[1]: (key, target) for key, target, _ in rows}
     try:
         with tarfile.open(shard, "r:*") as tf:
             for member in tf:
@@ -277,7 +281,7 @@ def _members(shard: str, rows: list[tuple[str, str, str]]):
             yield key, exc, target
         return
     for key, target in wanted.values():
-        yield key, FileNotFoundError(f"no member {key.split(MEMBER_SEP, 1)[1]!r}"), target
+        yield key, FileNotFoundError(f"no member {split_key(key)[1]!r}"), target
 
 
 def open_journal(path: Path) -> sqlite3.Connection:

@@ -1,4 +1,6 @@
-"""Open the HTML evaluation report in headless Chromium and check that its parts render."""
+"""Open the HTML evaluation report in headless Chromium and check that its parts render.
+
+Without Chromium: skipped under plain pytest, a failure under scripts/test.sh (chrome.py)."""
 
 from __future__ import annotations
 
@@ -12,26 +14,10 @@ import clipsift
 from clipsift.evaluation.datasets import embed_dataset, load_dataset
 from clipsift.evaluation.evaluate import EvalOptions, evaluate
 from clipsift.evaluation.report import write_report
+from tests.browser import chrome
 from tests.evaluation.test_evaluate import extract_cifar
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def _browser(tmp_path: Path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("headless Chromium is not installed (apt-get install chromium "
-                    "chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1300,1000"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture()
@@ -57,7 +43,7 @@ def test_report_renders_in_chromium(report, tmp_path):
     text = report.read_text(encoding="utf-8")
     assert "cat &lt;i&gt;&amp;x" in text and "<i>&x" not in text
     assert "http://" not in text and "https://" not in text  # self-contained
-    driver = _browser(tmp_path)
+    driver = chrome.start(tmp_path / "chrome-profile", 1300, 1000)
     try:
         driver.get(report.as_uri())
         js = driver.execute_script

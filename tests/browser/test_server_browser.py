@@ -1,25 +1,22 @@
 """The search page in a real browser: Selenium drives Debian's headless Chromium against
 `clipsift serve` on 127.0.0.1. Type a query -> result images load; upload an image ->
 results like it; a bad upload -> a visible error; click a result -> more like it;
-classify an image -> probability bars. Skipped when Chromium is not installed.
+classify an image -> probability bars. Without Chromium: skipped when run with plain
+pytest, a failure under scripts/test.sh (see tests/browser/chrome.py).
 
 Set CLIPSIFT_SCREENSHOTS=/some/folder to keep screenshots of the page."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.browser import chrome
 from tests.support.serverkit import LiveServer, build_index
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="Chromium not installed (apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.browser
 WAIT = 20
 
 
@@ -32,18 +29,7 @@ def server(photos, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    driver = chrome.start(tmp_path_factory.mktemp("chrome-profile"), 1280, 900)
     driver.set_page_load_timeout(WAIT)
     yield driver
     driver.quit()

@@ -30,6 +30,7 @@ from clipsift.sift.filter import run_filter
 from clipsift.sift.rules import Prompt, Rule
 from tests.sift.test_filter import extract_cifar
 
+pytestmark = pytest.mark.ray
 LOCAL = LocalEngine(workers=0)
 
 

@@ -188,8 +188,9 @@ def test_export_parquet(collection, tmp_path):
     assert main(["export", str(tmp_path / "i.db"), str(out)]) == 0
     table = pq.read_table(out)
     assert table.num_rows == 30
-    assert table.schema.names == ["id", "path", "size", "mtime", "hash", "width", "height",
-                                  "embedding"]
+    assert table.schema.names == ["id", "path", "path_bytes", "size", "mtime", "hash", "width",
+                                  "height", "embedding"]
+    assert table["path_bytes"].null_count == 30  # only names that are not UTF-8 need it
     assert table.schema.metadata[b"model"] == b"fake"
     assert table.schema.metadata[b"dim"] == b"64"
     emb_type = table.schema.field("embedding").type

@@ -49,15 +49,30 @@ def start(collection: Path, db: Path, workers: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def rows_in(db: Path) -> int:
+def _count(db: Path, sql: str) -> int:
+    """One number from the index, read-only; -1 when it cannot be read (not created yet)."""
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
         try:
-            return con.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            return int(con.execute(sql).fetchone()[0])
         finally:
             con.close()
-    except sqlite3.Error:
+    except (sqlite3.Error, TypeError):
         return -1
+
+
+def rows_in(db: Path) -> int:
+    return _count(db, "SELECT COUNT(*) FROM items")
+
+
+def commits_in(db: Path) -> int:
+    """The index's generation: bumped once by every committed batch (0 before the first)."""
+    return max(_count(db, "SELECT value FROM meta WHERE key = 'generation'"), 0)
+
+
+def keys_in(db: Path) -> set[str]:
+    with Index(db) as idx:
+        return {row.key for row in idx.store.iter_rows()}
 
 
 def writing(proc: subprocess.Popen, db: Path) -> bool:
@@ -68,21 +83,23 @@ def writing(proc: subprocess.Popen, db: Path) -> bool:
         return False
 
 
-def kill_at(proc: subprocess.Popen, db: Path, rows: int, delay: float) -> bool:
-    """SIGKILL `proc` `delay` s after it started writing and the index holds >= `rows` items.
+def kill_after(proc: subprocess.Popen, db: Path, commits: int, delay: float) -> int:
+    """SIGKILL `proc` `delay` s after it committed `commits` batches of its own.
 
-    Returns False when the run ended before that point.
+    Returns:
+        The batches the run had committed when it died; -1 when it ended by itself first.
     """
-    while proc.poll() is None and not (writing(proc, db) and rows_in(db) >= rows):
+    base = commits_in(db)
+    while proc.poll() is None and not (writing(proc, db) and commits_in(db) >= base + commits):
         time.sleep(0.002)
     time.sleep(delay)
     if proc.poll() is not None:
-        return False
+        return -1
     proc.send_signal(signal.SIGKILL)  # only the indexing process, as the OOM killer would
     proc.wait()
     with contextlib.suppress(ProcessLookupError):  # then clean up its decode workers
         os.killpg(proc.pid, signal.SIGKILL)
-    return True
+    return commits_in(db) - base
 
 
 def interrupt_at(proc: subprocess.Popen, db: Path, rows: int) -> int:
@@ -96,16 +113,26 @@ def interrupt_at(proc: subprocess.Popen, db: Path, rows: int) -> int:
 
 
 def run_with_kills(collection: Path, db: Path, rng: random.Random, kills: int,
-                   max_delay: float, workers: str = "0") -> list:
-    """Kill `kills` runs at increasing random points, then let one run finish."""
-    total = sum(1 for _ in collection.rglob("*.*"))
-    before = max(rows_in(db), 0)
-    points = sorted(rng.randint(before, total) for _ in range(kills))
+                   final_keys: set[str], workers: str = "0") -> list:
+    """Kill `kills` runs at seeded points, each one mid-run, then let one run finish.
+
+    Each kill point is a number of batches the child must have committed (then a seeded
+    delay of up to 10 ms), chosen so that 8+ of its transactions remain (a
+    pipeline can commit a few prefetched batches within milliseconds): the kill lands
+    after the run committed some batches and before it committed all (the index does not
+    hold the finished run's keys yet). Both are asserted for every kill.
+    """
     log = []
-    for rows in points:
-        delay = rng.uniform(0, max_delay)
-        proc = start(collection, db, workers)
-        log.append((rows, round(delay, 3), kill_at(proc, db, rows, delay)))
+    for _ in range(kills):
+        todo = len(final_keys - keys_in(db)) if db.exists() else len(final_keys)
+        left = -(-todo // 4) + 1  # batches of 4 still to encode + the final commit
+        assert left >= 9, f"too little work left to interrupt a run safely; kills {log}"
+        commits = rng.randint(1, min(3, left - 8))
+        delay = round(rng.uniform(0, 0.01), 4)
+        died_after = kill_after(start(collection, db, workers), db, commits, delay)
+        log.append((commits, delay, died_after))
+        assert died_after >= commits, f"the run ended before its kill point; kills {log}"
+        assert keys_in(db) != final_keys, f"killed after the run had finished; kills {log}"
     Index(db).add([collection], batch_size=4, workers=0)  # the final run, in-process
     return log
 
@@ -145,13 +172,15 @@ def change(collection: Path, photos: list[Path]) -> None:
     for i, p in enumerate(files[4:8]):
         os.rename(p, collection / f"renamed-{i}.jpeg")
     shutil.copy(photos[97], files[8])  # modified: other bytes under the same name
+    for i, p in enumerate(files[10:50]):  # new content (bytes after the JPEG's end): encoded
+        (collection / "d2" / f"new-{i}.jpeg").write_bytes(p.read_bytes() + bytes([i]) * 8)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(many_photos, tmp_path):
     collection = make_collection(many_photos, tmp_path / "coll")
     want = reference(collection, tmp_path / "ref.db")
-    rng = random.Random(1234)
-    log = run_with_kills(collection, tmp_path / "k.db", rng, kills=2, max_delay=0.04)
+    log = run_with_kills(collection, tmp_path / "k.db", random.Random(1234), 2, set(want[0])
+                         | set(want[1]))
     assert_same(snapshot(tmp_path / "k.db"), want, log)
 
 
@@ -168,13 +197,13 @@ def test_ctrl_c_stops_cleanly_and_resumes(many_photos, tmp_path):
 @pytest.mark.slow
 def test_sigkill_many_points_initial_and_incremental(many_photos, tmp_path):
     collection = make_collection(many_photos, tmp_path / "coll")
-    rng = random.Random(int(time.time()))
-    log = run_with_kills(collection, tmp_path / "k.db", rng, kills=5, max_delay=0.04,
-                         workers="auto")
+    rng = random.Random(20240611)  # fixed: a failure names its kill points and reproduces
     want = reference(collection, tmp_path / "ref.db")
+    log = run_with_kills(collection, tmp_path / "k.db", rng, 4, set(want[0]) | set(want[1]),
+                         workers="auto")
     assert_same(snapshot(tmp_path / "k.db"), want, log)
     change(collection, many_photos)
-    log = run_with_kills(collection, tmp_path / "k.db", rng, kills=4, max_delay=0.3,
-                         workers="auto")
     want = reference(collection, tmp_path / "ref.db")
+    log = run_with_kills(collection, tmp_path / "k.db", rng, 2, set(want[0]) | set(want[1]),
+                         workers="auto")
     assert_same(snapshot(tmp_path / "k.db"), want, log)

@@ -180,3 +180,22 @@ def test_reencoded_bytes_are_not_identical(planted):
         assert len(data) == 4
         with Image.open(io.BytesIO(Path(original).read_bytes())) as im:
             assert im.size[0] > 100
+
+
+@pytest.mark.parametrize("method", ["exact", "ivf"])
+def test_threshold_one_groups_every_byte_identical_copy(photos, tmp_path, method):
+    """15 byte-identical files among 20 other photos: ONE group of all 15 at threshold 1.0.
+
+    Identical vectors score 0.99999994 against each other in float32; the threshold keeps
+    pairs from `threshold - SIM_TOLERANCE` on, so rounding cannot split the group."""
+    for p in photos[:20]:
+        shutil.copy(p, tmp_path / p.name)
+    data = photos[25].read_bytes()
+    for i in range(15):
+        (tmp_path / f"copy-{i:02d}.jpg").write_bytes(data)
+    coll = collection_from_inputs(FakeModel(), [tmp_path], engine=LocalEngine(workers=0))
+    result = find_duplicates(coll, 1.0, method=method)
+    assert result.method == method
+    assert [sorted(Path(coll.keys[m]).name for m in g.members) for g in result.groups] == [
+        [f"copy-{i:02d}.jpg" for i in range(15)]]
+    assert result.pairs == 15 * 14 // 2 and result.duplicates == 14
