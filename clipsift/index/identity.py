@@ -29,26 +29,28 @@ def recorded(meta: StoreMeta) -> Fingerprint | None:
     return Fingerprint.from_json(meta.fingerprint) if meta.fingerprint else None
 
 
-def load_model(name: str, precision: str | None = None) -> ClipModel:
+def load_model(name: str, precision: str | None = None, device: str = "cpu") -> ClipModel:
     from clipsift.models import load
 
-    return load(name, precision=precision or "fp32")
+    return load(name, device=device, precision=precision or "fp32")
 
 
-def load_recorded(meta: StoreMeta, precision: str | None = None) -> ClipModel:
+def load_recorded(meta: StoreMeta, precision: str | None = None,
+                  device: str = "cpu") -> ClipModel:
     """Load the model an index records, at `precision`, else at the precision of its
     vectors (fp32 when that cannot run here, e.g. fp16 without a GPU: reads still work)."""
     fp = recorded(meta)
     name = fp.source if fp is not None else meta.model
     if precision is None and fp is not None:
+        from clipsift.models import _device
         from clipsift.models.precision import check_precision
 
         precision = CLASS_PRECISION.get(fp.precision, "fp32")
         try:
-            check_precision(precision, "cpu")
+            check_precision(precision, _device(device))
         except UsageError:
             precision = "fp32"
-    return load_model(name, precision)
+    return load_model(name, precision, device)
 
 
 def check_readable(path: Path, meta: StoreMeta, model: ClipModel) -> None:

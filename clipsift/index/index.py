@@ -82,6 +82,7 @@ class IndexInfo:
     stale: int = 0
     problems: int = 0
     fingerprint: Fingerprint | None = None
+    uuid: str = ""  # changes when the index is re-embedded with another model
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Index:
         ann: when/how to use approximate search (default: IVF-PQ from 200k vectors).
         create: create the index when missing (needs `model`).
         precision: load `model` (a name), or the recorded model, at this precision.
+        device: where a model loaded by name (or the recorded one) runs ("cpu", "cuda").
         reembed: when `model` is not the index's model, make it the index's model: every
             vector is dropped now and every item is embedded again by the next `add`
             (crash-safe: the index never holds a mix; an interrupted add resumes).
@@ -129,9 +131,11 @@ class Index:
 
     def __init__(self, path: str | os.PathLike, model: ClipModel | str | None = None, *,
                  ann: AnnConfig | None = None, create: bool = True,
-                 precision: str | None = None, reembed: bool = False) -> None:
+                 precision: str | None = None, reembed: bool = False,
+                 device: str = "cpu") -> None:
         self.path = resolve_index_path(path)
         self._model: ClipModel | None = None
+        self._device = device
         #: a message for the user (the model switched by `reembed`), None when nothing to say
         self.notice: str | None = None
         if not self.path.exists() and create and model is not None:
@@ -148,17 +152,19 @@ class Index:
     @classmethod
     def open(cls, path: str | os.PathLike, model: ClipModel | str | None = None, *,
              precision: str | None = None, reembed: bool = False,
-             ann: AnnConfig | None = None) -> Index:
+             ann: AnnConfig | None = None, device: str = "cpu") -> Index:
         """Open an existing index (never creates one); see the class for the arguments.
 
         Example:
             >>> with Index.open("photos.db") as idx:
             ...     idx.count(), idx.fingerprint.short
         """
-        return cls(path, model, ann=ann, create=False, precision=precision, reembed=reembed)
+        return cls(path, model, ann=ann, create=False, precision=precision, reembed=reembed,
+                   device=device)
 
     def _create(self, model: ClipModel | str, precision: str | None) -> Store:
-        loaded = identity.load_model(model, precision) if isinstance(model, str) else model
+        loaded = (identity.load_model(model, precision, self._device) if isinstance(model, str)
+                  else model)
         fp = loaded.fingerprint
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with writer_lock(self.path):
@@ -180,9 +186,9 @@ class Index:
                 and not reembed:
             return  # its own name: checked when loaded
         if model is None:
-            loaded = identity.load_recorded(self.store.meta, precision)
+            loaded = identity.load_recorded(self.store.meta, precision, self._device)
         elif isinstance(model, str):
-            loaded = identity.load_model(model, precision)
+            loaded = identity.load_model(model, precision, self._device)
         else:
             loaded = model
         if reembed:
@@ -207,7 +213,7 @@ class Index:
         """The index's model, loaded on first use from what it records (at the precision
         its vectors were made at), and checked against the recorded fingerprint."""
         if self._model is None:
-            loaded = identity.load_recorded(self.store.meta)
+            loaded = identity.load_recorded(self.store.meta, device=self._device)
             identity.check_readable(self.path, self.store.meta, loaded)
             self._model = loaded
         return self._model
@@ -223,7 +229,7 @@ class Index:
         return IndexInfo(self.path, meta.model, meta.dim, self.store.count(),
                          self.store.count(STATUS_ERROR), meta.schema_version,
                          self.store.count(STATUS_STALE), len(self.store.problems()),
-                         identity.recorded(meta))
+                         identity.recorded(meta), meta.uuid)
 
     def count(self, status: str | None = None) -> int:
         """Catalog entries (all, or those with `status`: "ok", "error", "stale")."""
@@ -270,7 +276,6 @@ class Index:
         texts = [os.fspath(p) for p in inputs]
         _check_inputs(texts)
         with writer_lock(self.path):
-            self._sync()
             notice = self._check_writer(self.model)
             run = AddRun(self.store, self.model, stop or threading.Event(), progress)
             run.engine = engine
@@ -281,7 +286,7 @@ class Index:
     def _check_writer(self, model: ClipModel) -> str | None:
         """Refuse vectors of another fingerprint; an index from an older clipsift records
         this model's (it matched by name and dim) and says so once."""
-        identity.check_writable(self.path, self.store.meta, model)
+        self.require_same_vectors(model)
         if self.store.meta.fingerprint is not None:
             return None
         fp = model.fingerprint
@@ -290,6 +295,12 @@ class Index:
         return (f"index {self.path} was made by an older clipsift and recorded no model "
                 f"fingerprint; it adopted that of {fp.describe()}, which matches its "
                 "model's name and dim")
+
+    def require_same_vectors(self, model: ClipModel) -> None:
+        """Before mixing `model`'s vectors with the stored ones: the same fingerprint
+        (precision class included), else `ModelMismatch` naming both."""
+        self._sync()
+        identity.check_writable(self.path, self.store.meta, model)
 
     def errors(self) -> list[CatalogRow]:
         """Items that could not be embedded, with their reasons."""

@@ -17,16 +17,7 @@ from clipsift.cli.main import main
 from clipsift.errors import ModelMismatch
 from clipsift.index.index import Index
 from clipsift.models.fake import FakeModel
-from clipsift.models.folder import FolderConfig, PreprocessConfig, save_model_folder
-from tests.support import tinymodels
-
-
-def model_folder(dest: Path, seed: int, name: str = "mymodel", **pre) -> Path:
-    """A clipsift model folder named `name` with TinyViT weights from `seed`."""
-    module = tinymodels.make_openclip(tinymodels.TINY_VIT, seed=seed)
-    cfg = FolderConfig(name=name, model_cfg=dict(tinymodels.TINY_VIT),
-                       preprocess=PreprocessConfig(image_size=32, **pre))
-    return save_model_folder(module, cfg, dest)
+from tests.support.tinymodels import save_named_folder as model_folder
 
 
 @pytest.fixture(scope="module")
