@@ -14,10 +14,11 @@ Parts:
                 1e-5), `bf16`, `fp16` and `int8` each on their own (they change the vectors;
                 int8 by up to 1e-3 in cosine), so an int8 index never takes fp32 vectors.
 
-Hashing the tensors costs about 1 s per 600 MB (ViT-B-32), so it is lazy (`ClipModel.
-fingerprint` computes it on first use: commands that store no vectors never pay) and the
-result is cached under `$CLIPSIFT_CACHE/fingerprints.json`, keyed by the checkpoint files'
-(path, size, mtime, inode) and the architecture config, so the next load pays nothing.
+Hashing the tensors of a ViT-B-32 (577 MB) takes a second or two on a small CPU
+(bench/results/fingerprint.json), so it is lazy (`ClipModel.fingerprint` computes it on
+first use: commands that store no vectors never pay) and the weights digest is cached under
+`$CLIPSIFT_CACHE/fingerprints.json`, keyed by the checkpoint files' (path, size, mtime,
+inode, device) and the architecture config: later loads only hash the tokenizer.
 """
 
 from __future__ import annotations
@@ -139,39 +140,51 @@ def config_digest(value: Any) -> str:
 
 def state_dict_digest(module: Any, config: Any) -> str:
     """Digest of `config` and every tensor of `module.state_dict()` (name, dtype, shape,
-    bytes), in name order: the same weights give the same digest from any file format."""
+    bytes), in name order: the same weights give the same digest from any file format.
+
+    Tensors are hashed with SHA-256 (hardware-accelerated on most CPUs) on a few threads
+    (hashlib releases the GIL); the cost is measured by `bench/bench_fingerprint.py`.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
-    h = hashlib.blake2b(digest_size=16)
-    h.update(config_digest(config).encode())
-    with torch.no_grad():
-        for name, tensor in sorted(module.state_dict().items()):
-            t = tensor.detach().to("cpu").contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+    def one(item: tuple[str, Any]) -> str:
+        name, tensor = item
+        t = tensor.detach().to("cpu").contiguous()
+        h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        return h.hexdigest()
+
+    with torch.no_grad(), ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(one, sorted(module.state_dict().items())))
+    return _hex(config_digest(config), *digests)
 
 
 def tokenizer_digest(tokenizer: Any, context_length: int) -> str:
-    """Digest of a tokenizer: its class, vocabulary (merges), cleaning and context length."""
+    """Digest of a tokenizer: its class, vocabulary (and BPE merges), cleaning and context
+    length."""
     inner = getattr(tokenizer, "tokenizer", None)  # open_clip's wrapper of an HF tokenizer
     tok = inner if inner is not None and not hasattr(tokenizer, "encoder") else tokenizer
+    h = hashlib.blake2b(digest_size=16)
     parts: dict[str, Any] = {"class": f"{type(tok).__module__}.{type(tok).__qualname__}",
                              "context_length": int(context_length)}
     if hasattr(tok, "encoder") and hasattr(tok, "bpe_ranks"):  # open_clip SimpleTokenizer
-        parts["vocab"] = sorted(tok.encoder.items(), key=lambda kv: kv[1])
-        parts["merges"] = sorted((" ".join(k), v) for k, v in tok.bpe_ranks.items())
+        lines = [f"{k}\t{v}" for k, v in tok.encoder.items()]
+        lines += [f"{a} {b}\t{rank}" for (a, b), rank in tok.bpe_ranks.items()]
         for attr in ("clean_fn", "reduction_fn"):
             fn = getattr(tok, attr, None)
             parts[attr] = getattr(fn, "__name__", repr(fn)) if fn is not None else None
-    elif hasattr(tok, "get_vocab"):  # transformers tokenizers
-        parts["vocab"] = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    elif hasattr(tok, "get_vocab"):  # transformers tokenizers (vocab order is not stable)
+        lines = [f"{k}\t{v}" for k, v in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
         parts["options"] = {k: v for k, v in getattr(tok, "init_kwargs", {}).items()
                             if isinstance(v, str | int | float | bool) and not k.endswith(
                                 ("_file", "name_or_path")) and not k.startswith("_")}
     else:
-        parts["repr"] = repr(tok)
-    return config_digest(parts)
+        lines = [repr(tok)]
+    h.update(config_digest(parts).encode())
+    h.update("\n".join(lines).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 # ---- the on-disk cache of weight digests ------------------------------------------------
