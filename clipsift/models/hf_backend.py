@@ -96,8 +96,8 @@ def _portable(value: Any) -> Any:
     """A config dict without what differs between copies of the same model (its folder,
     the transformers version, private keys)."""
     if isinstance(value, dict):
-        return {k: _portable(v) for k, v in value.items()
-                if not k.startswith("_") and k not in ("transformers_version", "name_or_path")}
+        return {str(k): _portable(v) for k, v in value.items() if not str(k).startswith("_")
+                and k not in ("transformers_version", "name_or_path")}
     if isinstance(value, list | tuple):
         return [_portable(v) for v in value]
     return value
