@@ -14,11 +14,12 @@ Parts:
                 1e-5), `bf16`, `fp16` and `int8` each on their own (they change the vectors;
                 int8 by up to 1e-3 in cosine), so an int8 index never takes fp32 vectors.
 
-Hashing the tensors of a ViT-B-32 (577 MB) takes a second or two on a small CPU
-(bench/results/fingerprint.json), so it is lazy (`ClipModel.fingerprint` computes it on
-first use: commands that store no vectors never pay) and the weights digest is cached under
-`$CLIPSIFT_CACHE/fingerprints.json`, keyed by the checkpoint files' (path, size, mtime,
-inode, device) and the architecture config: later loads only hash the tokenizer.
+Hashing the tensors of a ViT-B-32 (577 MB) takes 0.7 s on a shared 2-core CPU
+(docs/benchmarks.md, bench/results/fingerprint.json), so it is lazy: `ClipModel.fingerprint`
+computes it on first use (commands that store no vectors never pay), and the weights digest
+is cached under `$CLIPSIFT_CACHE/fingerprints.json`, keyed by the checkpoint files' (path,
+size, mtime, inode, device) and the architecture config: later loads only hash the
+tokenizer.
 """
 
 from __future__ import annotations
