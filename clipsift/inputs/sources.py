@@ -336,6 +336,7 @@ class Walk:
         self.errors: list[WalkError] = []
 
     def __iter__(self) -> Iterator[Item]:
+        self.errors.clear()  # each pass reports what it could not read
         return iter_items(self.inputs, on_error=self.errors.append, **self.options)
 
 
