@@ -33,8 +33,9 @@ def embed_to_parquet(
 
     Columns: `kind` ("image" | "text"), `source` (path or the text), `source_bytes` (the
     exact name as bytes where it is not valid UTF-8, else null: see clipsift.inputs.keys),
-    `embedding` (list<float32>). The model name and dimension are stored in the schema
-    metadata.
+    `embedding` (list<float32>). The schema metadata holds the model keys of every clipsift
+    Parquet file: `clipsift.model`, `clipsift.dim`, `clipsift.fingerprint` (the digest of
+    weights + preprocessing + tokenizer + precision class, `ClipModel.fingerprint`).
     Images are streamed and written in row groups, so memory stays flat.
 
     Args:
@@ -45,11 +46,12 @@ def embed_to_parquet(
 
     from clipsift.engines.local import embed_items
     from clipsift.inputs.sources import iter_items
+    from clipsift.models.fingerprint import parquet_metadata
 
     schema = pa.schema(
         [("kind", pa.string()), ("source", pa.string()), ("source_bytes", pa.binary()),
          ("embedding", pa.list_(pa.float32()))],
-        metadata={"clipsift.model": model.name, "clipsift.dim": str(model.dim)},
+        metadata=parquet_metadata(model.name, model.dim, model.fingerprint.digest),
     )
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

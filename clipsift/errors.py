@@ -75,6 +75,13 @@ class IndexInUse(StoreError):
     """Another process is writing to the index."""
 
 
+class NotAnIndex(StoreError):
+    """A file given as an index is not one (another SQLite database, an empty file...).
+    It is refused before anything is written to it."""
+
+    exit_code = 2
+
+
 class ModelMismatch(StoreError):
     """An index was built with another model than the one requested."""
 

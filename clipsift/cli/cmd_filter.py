@@ -137,7 +137,7 @@ def filter_cmd(
     _report(summary, json_out)
     if summary.interrupted:
         raise typer.Exit(130)
-    if summary.place_errors:
+    if summary.place_errors or summary.unreadable:
         raise typer.Exit(1)
 
 
@@ -170,8 +170,8 @@ def _total(inputs, index) -> int | None:
     if index is not None:
         from clipsift.index.index import Index
 
-        with Index(index, create=False) as idx:
-            return idx.store.count()
+        with Index.open(index) as idx:
+            return idx.count()
     from clipsift.inputs.sources import count_items
 
     return count_items(inputs)
@@ -188,7 +188,8 @@ def _report(s, json_out: bool) -> None:
             "kept": s.kept, "dropped": s.dropped, "errors": s.errors, "placed": s.placed,
             "place_errors": len(s.place_errors), "scored_now": s.scored_now,
             "scored_before": s.scored_before, "seconds": round(s.seconds, 3),
-            "interrupted": s.interrupted, "rule": s.rule.to_json()}))
+            "interrupted": s.interrupted, "rule": s.rule.to_json(),
+            "unreadable": {printable(k): v for k, v in s.unreadable.items()}}))
     if s.interrupted:
         notice(f"interrupted after {s.scored_before + s.scored_now} scored images; run the "
                "same command again to resume")
@@ -196,6 +197,9 @@ def _report(s, json_out: bool) -> None:
     notice(f"filter: {s.items} images: {s.kept} kept, {s.dropped} dropped, {s.errors} "
            f"unreadable ({s.scored_now} scored now, {s.scored_before} earlier) in "
            f"{s.seconds:.1f} s; manifest {s.manifest}")
+    for folder, reason in list(s.unreadable.items())[:20]:
+        notice(f"  {printable(folder)}: {reason} (its images are not in the manifest; fix "
+               "the access and run again to add them)")
     if s.placed or s.place_errors:
         notice(f"  placed {s.placed} files; {len(s.place_errors)} failed")
     for key, reason in list(s.place_errors.items())[:20]:

@@ -12,7 +12,6 @@ from clipsift.cli.common import (
     EngineOpt,
     JsonOpt,
     ModelOpt,
-    PrecisionOpt,
     RayAddressOpt,
     RayCpusOpt,
     WorkersOpt,
@@ -24,6 +23,15 @@ from clipsift.inputs.keys import json_fields, printable
 IndexArg = Annotated[str, typer.Argument(
     help="Index file, or a bare name kept in $CLIPSIFT_INDEX_DIR "
     "(default ~/.local/share/clipsift/indexes).")]
+IndexPrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="fp32, fp32-onnx, int8, bf16 or fp16 (see `clipsift embed --help`); "
+    "default: the precision the index's vectors were made at (fp32 for a new index). "
+    "fp32 and fp32-onnx vectors mix; other precisions need --reembed.",
+    envvar="CLIPSIFT_PRECISION")]
+ReembedOpt = Annotated[bool, typer.Option(
+    "--reembed", help="The index was built with another model (or precision): make this "
+    "model the index's model and embed every item again (interrupted runs resume; the "
+    "index never mixes both models' vectors).")]
 
 
 def index_cmd(
@@ -38,7 +46,8 @@ def index_cmd(
                                             help="Walk sub-folders.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or "
                                         "summary.")] = False,
-    precision: PrecisionOpt = "fp32",
+    precision: IndexPrecisionOpt = None,
+    reembed: ReembedOpt = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     ray_cpus: RayCpusOpt = None,
@@ -46,16 +55,24 @@ def index_cmd(
 ) -> None:
     """Add images to an index (incremental: only new or changed files are embedded).
 
-    Ctrl-C stops after the current batch, keeping everything done so far; run the same
-    command again to resume.
+    Only files confirmed gone under the folders given are removed; folders that cannot be
+    read are reported and keep their entries (exit 1). Ctrl-C stops after the current
+    batch, keeping everything done so far; run the same command again to resume.
     """
     import signal
     import threading
 
+    from clipsift.cli.common import load_model
+    from clipsift.cli.output import notice
     from clipsift.index.index import Index, resolve_index_path
 
     path = resolve_index_path(index)
-    idx = Index(path, _model_for(path, model, precision))
+    if path.exists():  # the named model is checked against the index's (or re-embeds it)
+        idx = Index.open(path, model, precision=precision, reembed=reembed)
+    else:
+        idx = Index(path, load_model(model, precision=precision or "fp32"))
+    if idx.notice and not quiet:
+        notice(idx.notice)
     stop = threading.Event()
     previous = install_sigint(stop)
     try:
@@ -71,23 +88,8 @@ def index_cmd(
         _print_summary(path, summary)
     if summary.interrupted:
         raise typer.Exit(130)
-
-
-def _model_for(path, name: str | None, precision: str = "fp32"):
-    """The model to open `path` with: the named one, the recorded one, or the default."""
-    from clipsift.cli.common import load_model
-
-    if path.exists() and precision == "fp32":
-        return name  # None: use the model the index records; a name: checked against it
-    if path.exists() and name is None:  # the recorded model, at another precision
-        from clipsift.index.store import Store
-
-        store = Store.open(path)
-        try:
-            name = store.meta.model
-        finally:
-            store.close()
-    return load_model(name, precision=precision)
+    if summary.errors or summary.unreadable:
+        raise typer.Exit(1)
 
 
 def _run_add(idx, paths, stop, *, quiet: bool, **opts):
@@ -111,12 +113,21 @@ def _run_add(idx, paths, stop, *, quiet: bool, **opts):
 def _print_summary(path, s) -> None:
     from clipsift.cli.output import notice
 
-    state = "interrupted (run again to resume)" if s.interrupted else "done"
+    if s.notice:
+        notice(s.notice)
+    state = ("interrupted (run again to resume)" if s.interrupted else
+             "incomplete" if s.incomplete else "done")
     notice(f"index {path}: {state} in {s.seconds:.1f} s: {s.added} added, {s.updated} "
            f"updated, {s.renamed} renamed, {s.removed} removed, {s.unchanged} unchanged, "
            f"{s.errors} errors")
-    if s.errors:
-        notice(f"  list the failed files with: clipsift errors {path}")
+    if s.unreadable:
+        notice(f"  {s.unreadable} folder(s) or file(s) could not be read; their entries were "
+               "kept as they were (fix the access and run again)")
+    if s.errors or s.unreadable:
+        notice(f"  list them with: clipsift errors {path}")
+    if s.stale:
+        notice(f"  {s.stale} items still wait to be embedded by the index's new model: run "
+               "`clipsift index` on their folders too")
 
 
 def search_cmd(
@@ -138,7 +149,7 @@ def search_cmd(
     from clipsift.index.index import Index
     from clipsift.index.query import Term, parse_query, read_captions
 
-    idx = Index(index, create=False)
+    idx = Index.open(index)
     try:
         if captions is not None:
             if image is None or query is not None:
@@ -182,16 +193,23 @@ def _print_captions(hits, json_out: bool) -> None:
 
 
 def errors_cmd(index: IndexArg, json_out: JsonOpt = False) -> None:
-    """List the files an index could not embed, with the reason."""
+    """List the files an index could not embed, and the folders and files it could not
+    read (their entries were kept), with the reason."""
     import json
 
     from clipsift.index.index import Index
 
-    with Index(index, create=False) as idx:
+    with Index.open(index) as idx:
+        for p in idx.problems():
+            if json_out:
+                typer.echo(json.dumps({"id": None, **json_fields("path", p.key), "kind": p.kind,
+                                       "error": p.error}, ensure_ascii=False))
+            else:
+                typer.echo(f"{printable(p.key)}: {p.error} ({p.kind} not read; entries kept)")
         for row in idx.errors():
             if json_out:
                 typer.echo(json.dumps({"id": row.id, **json_fields("path", row.key),
-                                       "error": row.error}, ensure_ascii=False))
+                                       "kind": "item", "error": row.error}, ensure_ascii=False))
             else:
                 typer.echo(f"{printable(row.key)}: {row.error}")
 
@@ -205,9 +223,12 @@ def export_cmd(
     from clipsift.index.export import export_parquet
     from clipsift.index.index import Index
 
-    with Index(index, create=False) as idx:
-        s = export_parquet(idx.store, output)
+    with Index.open(index) as idx:
+        s = export_parquet(idx, output)
     notice(f"wrote {s.rows} rows ({s.model}, dim {s.dim}) to {s.path}")
+    if s.missing:
+        notice(f"  {s.missing} items have no vector and are not in it (`clipsift errors "
+               f"{index}`)")
 
 
 def register(app: typer.Typer) -> None:

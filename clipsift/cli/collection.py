@@ -34,14 +34,15 @@ def split_sources(sources: list[str] | None, index: str | None) -> tuple[list[st
 
 
 def model_for(name: str | None, device: str, index: str | None):
-    """The named model; for an index without --model, the model the index records."""
+    """The named model; for an index without --model, the model the index records (at the
+    precision its vectors were made at)."""
     from clipsift.cli.common import load_model
 
     if index is not None and name is None:
         from clipsift.index.index import Index
 
-        with Index(index, create=False) as idx:
-            return load_model(idx.store.meta.model, device)
+        with Index.open(index, device=device) as idx:
+            return idx.model
     return load_model(name, device)
 
 

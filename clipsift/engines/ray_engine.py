@@ -13,9 +13,14 @@ Ray is started by the engine (a local Ray with `num_cpus` CPUs, no dashboard, sh
 outside). On a cluster every node needs clipsift installed and must see the image paths
 (shared storage); the model is shipped to the actors through Ray's object store.
 
+Items are listed by the caller. Pass a `clipsift.inputs.sources.Walk` (not a bare
+`iter_items`) to `write_parquet` and the folders that could not be listed are in its summary
+and in `_clipsift.json`; nothing is skipped silently. Every Parquet shard carries the model
+keys of all clipsift Parquet files (`clipsift.model`, `clipsift.dim`, `clipsift.fingerprint`).
+
 Example:
     >>> with RayEngine(num_cpus=8, encoders=2) as engine:
-    ...     summary = engine.write_parquet(model, iter_items(["shards/*.tar"]), "emb/")
+    ...     summary = engine.write_parquet(model, Walk(["shards/*.tar"]), "emb/")
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,13 +51,17 @@ CHUNK_ITEMS = 50_000
 
 @dataclass(frozen=True)
 class RayWriteSummary:
-    """What `RayEngine.write_parquet` wrote: shard files, rows, failed items."""
+    """What `RayEngine.write_parquet` wrote: shard files, rows, failed items, the model's
+    fingerprint digest, and folders that could not be listed (folder -> reason; known
+    when the items came from a `Walk`)."""
 
     folder: Path
     files: int
     rows: int
     errors: int
     seconds: float
+    fingerprint: str = ""
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def _import_ray() -> Any:
@@ -125,8 +134,9 @@ class _Encoder:
                 "width": batch["width"], "height": batch["height"]}
 
 
-def _to_arrow(batch: dict[str, np.ndarray]) -> Any:
-    """Encoder output -> an Arrow table with a plain fixed-size-list `embedding` column."""
+def _to_arrow(batch: dict[str, np.ndarray], metadata: dict[str, str]) -> Any:
+    """Encoder output -> an Arrow table with a plain fixed-size-list `embedding` column and
+    the model keys in its schema metadata."""
     import pyarrow as pa
 
     vectors = np.asarray(batch["vector"], np.float32)
@@ -140,7 +150,7 @@ def _to_arrow(batch: dict[str, np.ndarray]) -> Any:
                                                                    strict=True)], pa.string()),
         "width": pa.array(batch["width"], pa.int32()),
         "height": pa.array(batch["height"], pa.int32()),
-    })
+    }).replace_schema_metadata(metadata)
 
 
 # ---- the engine ----------------------------------------------------------------------------
@@ -259,15 +269,21 @@ class RayEngine:
                       folder: str | Path, *, batch_size: int = 64) -> RayWriteSummary:
         """Embed `items` on Ray and write Parquet shards (key, embedding, error, width,
         height) into `folder/chunk-NNNNN/`, written by the workers themselves (nothing
-        goes through the driver); `folder/_clipsift.json` records the model."""
+        goes through the driver); `folder/_clipsift.json` records the model (name, dim,
+        fingerprint), the counts, and the folders a `Walk` could not list."""
         import json
 
         import pyarrow.parquet as pq
+
+        from clipsift.inputs.sources import Walk
+        from clipsift.models.fingerprint import parquet_metadata
 
         self.start()
         t0 = time.perf_counter()
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
+        digest = model.fingerprint.digest
+        metadata = parquet_metadata(model.name, model.dim, digest)
         source = iter(items)
         for n in itertools.count():
             chunk = list(itertools.islice(source, CHUNK_ITEMS))
@@ -275,7 +291,7 @@ class RayEngine:
                 break
             with _quiet_data(self._ray):
                 ds = self._dataset(model, chunk, batch_size).map_batches(
-                    _to_arrow, batch_format="numpy")
+                    _to_arrow, batch_format="numpy", fn_kwargs={"metadata": metadata})
                 ds.write_parquet(str(out / f"chunk-{n:05d}"))
         files = sorted(out.glob("chunk-*/*.parquet"))
         rows = errors = 0
@@ -283,9 +299,13 @@ class RayEngine:
             err = pq.read_table(f, columns=["error"])["error"]
             rows += len(err)
             errors += len(err) - err.null_count
-        info = {"model": model.name, "dim": model.dim, "rows": rows, "errors": errors}
+        unreadable = ({e.path: e.reason for e in items.errors} if isinstance(items, Walk)
+                      else {})
+        info = {"model": model.name, "dim": model.dim, "fingerprint": digest, "rows": rows,
+                "errors": errors, "unreadable": unreadable}
         (out / "_clipsift.json").write_text(json.dumps(info) + "\n", encoding="utf-8")
-        return RayWriteSummary(out, len(files), rows, errors, time.perf_counter() - t0)
+        return RayWriteSummary(out, len(files), rows, errors, time.perf_counter() - t0,
+                               digest, unreadable)
 
 
 def _update(stats: PipelineStats, batch: list[EmbedResult], t0: float) -> None:

@@ -360,8 +360,16 @@ def default_cache_path() -> Path:
     return cache_dir() / "eval-embeddings.sqlite"
 
 
+def cache_key(model) -> str:
+    """The model part of an embedding cache key: the model's fingerprint (weights +
+    preprocessing + tokenizer + precision class), not its name, so a retrained model or
+    another folder with the same name never reads this one's vectors."""
+    return f"fp:{model.fingerprint.digest}"
+
+
 class EmbeddingCache:
-    """Image vectors (or decode errors) keyed by model name + item key, size and mtime.
+    """Image vectors (or decode errors) keyed by model (`cache_key`) + item key, size and
+    mtime.
 
     A changed file (other size or mtime) is a miss, so stale vectors are never used.
     Use as a context manager: `with EmbeddingCache(default_cache_path()) as cache: ...`
@@ -384,7 +392,8 @@ class EmbeddingCache:
                              "another cache path or turn the cache off") from ex
 
     def get(self, model: str, items: Sequence[Item]) -> dict[str, tuple[bytes | None, str | None]]:
-        """{key: (float32 bytes | None, error | None)} for items cached with the same size/mtime."""
+        """{key: (float32 bytes | None, error | None)} for items cached under `model` (a
+        `cache_key`) with the same size/mtime."""
         wanted = {it.key: it for it in items if it.size is not None and it.mtime is not None}
         keys = list(wanted)
         out: dict[str, tuple[bytes | None, str | None]] = {}
@@ -420,32 +429,23 @@ class EmbeddingCache:
 
 
 def _index_vectors(index: str | os.PathLike, model, items: Sequence[Item]) -> dict[str, np.ndarray]:
-    """Vectors of `items` already in a clipsift index built with `model` (same size/mtime)."""
-    from clipsift.errors import ModelMismatch
-    from clipsift.index.index import resolve_index_path
-    from clipsift.index.store import STATUS_OK, Store
+    """Vectors of `items` already in a clipsift index built with `model` (same fingerprint,
+    precision included: they are mixed with vectors `model` makes; same size/mtime)."""
+    from clipsift.index.index import Index, resolve_index_path
+    from clipsift.models.base import l2_normalize
 
     path = resolve_index_path(index)
     if not path.exists():
         raise UsageError(f"no clipsift index at {str(path)!r}; build one with "
                          "`clipsift index add` or leave --index out")
-    store = Store.open(path)
-    try:
-        if store.meta.model != model.name or store.meta.dim != model.dim:
-            raise ModelMismatch(f"index {str(path)!r} holds {store.meta.model!r} vectors, not "
-                                f"{model.name!r}; use --model {store.meta.model} or leave "
-                                "--index out")
-        rows = store.lookup([it.key for it in items])
-        by_key = {it.key: it for it in items}
-        ok = {r.id: k for k, r in rows.items() if r.status == STATUS_OK
-              and r.size == by_key[k].size and abs(r.mtime - (by_key[k].mtime or 0)) < 1e-6}
-        ids, vecs = store.get_vectors(list(ok))
-    finally:
-        store.close()
-    from clipsift.models.base import l2_normalize
-
-    unit = l2_normalize(vecs.astype(np.float32)) if len(ids) else vecs
-    return {ok[int(i)]: v for i, v in zip(ids, unit, strict=True)}
+    with Index.open(path, model) as idx:
+        idx.require_same_vectors(model)
+        found = idx.embeddings([it.key for it in items])
+    by_key = {it.key: it for it in items}
+    keep = [i for i, r in enumerate(found.rows) if r.size == by_key[r.key].size
+            and abs(r.mtime - (by_key[r.key].mtime or 0)) < 1e-6]
+    unit = l2_normalize(found.vectors[keep]) if keep else found.vectors[:0]
+    return {found.rows[i].key: v for i, v in zip(keep, unit, strict=True)}
 
 
 def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = None,
@@ -456,8 +456,10 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
     Args:
         model: a ClipModel.
         dataset: from `load_dataset`.
-        cache: where vectors are looked up and stored (None: no caching).
-        index: a clipsift index built with the same model, read (never written).
+        cache: where vectors are looked up and stored, keyed by the model's fingerprint
+            (None: no caching).
+        index: a clipsift index built with the same model (same fingerprint), read (never
+            written).
         batch_size, workers: as for `clipsift.engines.local.embed_items`.
         progress: called as progress(done, total) after each encoded batch.
     Returns:
@@ -471,8 +473,9 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
     if index is not None:
         found.update(_index_vectors(index, model, items))
     n_index = len(found)
+    model_key = cache_key(model) if cache is not None else ""
     if cache is not None:
-        for key, (blob, err) in cache.get(model.name, [i for i in items if i.key not in found]
+        for key, (blob, err) in cache.get(model_key, [i for i in items if i.key not in found]
                                           ).items():
             if blob is not None:
                 found[key] = np.frombuffer(blob, "<f4").astype(np.float32)
@@ -489,7 +492,7 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
             else:
                 errors[r.item.key] = r.error or "unreadable"
         if cache is not None:
-            cache.put(model.name, [(r.item, r.vector, r.error) for r in batch])
+            cache.put(model_key, [(r.item, r.vector, r.error) for r in batch])
         done += len(batch)
         if progress is not None:
             progress(done, len(todo))

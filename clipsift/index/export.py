@@ -4,12 +4,13 @@ Columns: id int64, path string, path_bytes binary (the exact name where it is no
 UTF-8, else null: see clipsift.inputs.keys), size int64, mtime float64 (seconds since the epoch),
 hash string (blake2b-128 hex), width int32, height int32, embedding list<float32>.
 Only items with a vector are written; errors are listed by `clipsift errors`. The schema
-metadata records `model`, `dim` and `clipsift_index_schema`. Rows are written in chunks,
-so memory stays flat for large indexes.
+metadata carries the keys every clipsift Parquet file has (`clipsift.model`, `clipsift.dim`,
+`clipsift.fingerprint`: the digest of the model the vectors come from) and
+`clipsift.index_schema`. Rows are written in chunks, so memory stays flat.
 
     >>> import pandas as pd
     >>> df = pd.read_parquet("photos.parquet")
-    >>> pq.read_schema("photos.parquet").metadata[b"model"]
+    >>> pq.read_schema("photos.parquet").metadata[b"clipsift.model"]
 """
 
 from __future__ import annotations
@@ -17,24 +18,34 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clipsift.errors import UsageError
-from clipsift.index.store import STATUS_OK, Store
+from clipsift.models.fingerprint import parquet_metadata
+
+if TYPE_CHECKING:
+    from clipsift.index.index import Embeddings, Index
 
 _CHUNK = 20_000
 
 
 @dataclass(frozen=True)
 class ExportSummary:
+    """What `export_parquet` wrote: rows (items with a vector) and `missing` (items
+    without one: errors, or waiting for a new model)."""
+
     path: Path
     rows: int
     model: str
     dim: int
+    fingerprint: str = ""
+    missing: int = 0
 
 
-def parquet_schema(model: str, dim: int, schema_version: int):  # -> pyarrow.Schema
+def parquet_schema(model: str, dim: int, schema_version: int, fingerprint: str = ""):
+    """The Arrow schema of an export (-> pyarrow.Schema)."""
     import pyarrow as pa
 
     fields = [
@@ -48,55 +59,44 @@ def parquet_schema(model: str, dim: int, schema_version: int):  # -> pyarrow.Sch
         pa.field("height", pa.int32()),
         pa.field("embedding", pa.list_(pa.float32())),
     ]
-    meta = {"model": model, "dim": str(dim), "clipsift_index_schema": str(schema_version)}
+    meta = {**parquet_metadata(model, dim, fingerprint),
+            "clipsift.index_schema": str(schema_version)}
     return pa.schema(fields, metadata=meta)
 
 
-def export_parquet(store: Store, out: str | os.PathLike) -> ExportSummary:
-    """Write every embedded item of `store` to a Parquet file at `out` (atomically).
+def export_parquet(index: Index, out: str | os.PathLike) -> ExportSummary:
+    """Write every embedded item of `index` to a Parquet file at `out` (atomically).
 
     Raises:
         UsageError: `out` cannot be written.
     """
     import pyarrow.parquet as pq
 
-    meta = store.meta
-    schema = parquet_schema(meta.model, meta.dim, meta.schema_version)
+    info = index.info
+    digest = info.fingerprint.digest if info.fingerprint else ""
+    schema = parquet_schema(info.model, info.dim, info.schema_version, digest)
     out_path = Path(out)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     rows = 0
     try:
         with pq.ParquetWriter(str(tmp), schema) as writer:
-            for table in _tables(store, schema):
-                writer.write_table(table)
-                rows += table.num_rows
+            for chunk in index.iter_embeddings(chunk=_CHUNK):
+                writer.write_table(_table(chunk, schema))
+                rows += len(chunk.rows)
         os.replace(tmp, out_path)
     except OSError as ex:
         tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {out_path}: {ex.strerror or ex}") from ex
-    return ExportSummary(out_path, rows, meta.model, meta.dim)
+    return ExportSummary(out_path, rows, info.model, info.dim, digest, info.items - rows)
 
 
-def _tables(store: Store, schema):  # -> Iterator[pyarrow.Table]
+def _table(chunk: Embeddings, schema):  # -> pyarrow.Table
     import pyarrow as pa
 
-    batch = []
-    for row in store.iter_rows(status=STATUS_OK):
-        batch.append(row)
-        if len(batch) >= _CHUNK:
-            yield _table(store, batch, schema, pa)
-            batch = []
-    if batch:
-        yield _table(store, batch, schema, pa)
-
-
-def _table(store: Store, rows: list, schema, pa):  # -> pyarrow.Table
-    found, vecs = store.get_vectors([r.id for r in rows])
-    by_id = {int(i): n for n, i in enumerate(found)}
-    rows = [r for r in rows if r.id in by_id]
-    flat = np.ascontiguousarray(vecs[[by_id[r.id] for r in rows]], dtype=np.float32)  # [n, D]
-    dim = store.meta.dim
-    offsets = pa.array(np.arange(0, (len(rows) + 1) * dim, dim, dtype=np.int32))
+    rows, n = chunk.rows, len(chunk.rows)
+    flat = np.ascontiguousarray(chunk.vectors, dtype=np.float32)  # [n, D]
+    dim = flat.shape[1]
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
     emb = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1), pa.float32()))
     from clipsift.inputs.keys import parquet_columns
 

@@ -1,139 +1,62 @@
 """The SQLite store behind an index: one file (WAL mode) holding catalog, vectors and meta.
 
-Layout (schema version 2):
-    meta(key, value)          model name, dim, store uuid, generation counter, created
+Layout (schema version 3, migrations in `clipsift.index.schema`):
+    meta(key, value)          model name, dim, fingerprint (JSON), store uuid, generation
+                              counter, created
     items(id, key, size, mtime, hash, status, error, width, height)
-                              one row per source item; status 'ok' or 'error'
+                              one row per source item; status 'ok', 'error', or 'stale'
+                              (waiting to be embedded again by a new model: no vector)
     vectors(id, gen, vec)     float16 blob [dim] per 'ok' item; gen = generation of the write
     tombstones(id, gen)       ids removed at a generation (lets derived FAISS files catch up)
+    problems(key, kind, error, time)
+                              folders/files a run could not read; their entries are kept
 
 Ids are SQLite rowids (AUTOINCREMENT, never reused), shared with the FAISS ids. Every write
 happens inside `Store.transaction()`, which bumps the generation once, so each batch of
 items and its vectors commits atomically and derived caches can tell that they are stale.
-The schema version lives in `PRAGMA user_version`; `MIGRATIONS[i]` upgrades i -> i + 1.
+Only `clipsift.index.Index` (and the add run it drives) uses this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import fcntl
-import hashlib
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from clipsift.errors import IndexInUse, StoreError, UsageError
+from clipsift.errors import StoreError, UsageError
+from clipsift.index.lock import writer_lock
+from clipsift.index.records import (
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_STALE,
+    CatalogRow,
+    NewItem,
+    Problem,
+    StoreMeta,
+    content_hash,
+    vector_blob,
+)
+from clipsift.index.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    check_index_file,
+    connect,
+    create_index_file,
+    migrate,
+)
 from clipsift.inputs.keys import key_from_sql, sql_value
 
-STATUS_OK = "ok"
-STATUS_ERROR = "error"
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STATUS_ERROR", "STATUS_OK", "STATUS_STALE",
+           "CatalogRow", "NewItem", "Problem", "Store", "StoreMeta", "connect", "content_hash",
+           "migrate", "vector_blob", "writer_lock"]
+
 _CHUNK = 500  # max host parameters per IN (...) query
-
-
-@dataclass(frozen=True)
-class StoreMeta:
-    """What an index records about itself."""
-
-    model: str
-    dim: int
-    uuid: str
-    created: float
-    schema_version: int
-
-
-@dataclass(frozen=True)
-class CatalogRow:
-    """One catalog entry. `hash` is a blake2b hex digest of the item's bytes."""
-
-    id: int
-    key: str
-    size: int
-    mtime: float
-    hash: str | None
-    status: str
-    error: str | None
-    width: int | None
-    height: int | None
-
-
-@dataclass(frozen=True)
-class NewItem:
-    """Values written for one item; `vector` is float32/float16 [dim] or None for errors."""
-
-    key: str
-    size: int
-    mtime: float
-    hash: str | None
-    vector: np.ndarray | None
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-
-
-# ---- migrations -------------------------------------------------------------------------
-def _migrate_v1(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(
-        "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, "
-        "size INTEGER NOT NULL, mtime REAL NOT NULL, hash TEXT, status TEXT NOT NULL, "
-        "error TEXT, width INTEGER, height INTEGER)"
-    )
-    db.execute("CREATE INDEX items_hash ON items (hash)")
-    db.execute("CREATE TABLE vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL)")
-
-
-def _migrate_v2(db: sqlite3.Connection) -> None:
-    """Generation tracking so the derived FAISS file can be updated instead of rebuilt."""
-    db.execute("ALTER TABLE vectors ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
-    db.execute("CREATE INDEX vectors_gen ON vectors (gen)")
-    db.execute("CREATE TABLE tombstones (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL)")
-    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0')")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_v2]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(db: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Bring the schema up to `target` in one transaction; returns the version found before."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        found = db.execute("PRAGMA user_version").fetchone()[0]
-        for version in range(found, target):
-            MIGRATIONS[version](db)
-        if target > found:
-            db.execute(f"PRAGMA user_version = {int(target)}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return found
-
-
-def connect(path: str | Path) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode (we issue BEGIN/COMMIT ourselves)."""
-    db = sqlite3.connect(str(path), isolation_level=None, timeout=30.0, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing
-    db.execute("PRAGMA busy_timeout=30000")
-    return db
-
-
-def content_hash(data: bytes) -> str:
-    """blake2b-128 hex digest of an item's bytes (what rename detection compares)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def vector_blob(vec: np.ndarray) -> bytes:
-    """float [dim] -> float16 little-endian bytes."""
-    return np.asarray(vec, dtype="<f2").tobytes()
 
 
 class Store:
@@ -154,61 +77,44 @@ class Store:
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, model: str, dim: int) -> Store:
+    def create(cls, path: str | Path, model: str, dim: int,
+               fingerprint: str | None = None) -> Store:
         """Create a new store (and its parent folder) atomically.
 
         The file is built under a temporary name and renamed into place, so a process
         killed while creating leaves either no index or a complete empty one.
         """
         p = Path(path)
-        if p.exists():
-            raise UsageError(f"cannot create index {p}: the file already exists")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.create-{os.getpid()}")
-        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-            leftover.unlink(missing_ok=True)
-        db = connect(tmp)
-        with _immediate(db):
-            for step in MIGRATIONS:
-                step(db)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            rows = {"model": model, "dim": str(int(dim)), "uuid": uuid.uuid4().hex,
-                    "created": repr(time.time())}
-            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                           list(rows.items()))
-        db.close()  # checkpoints and removes the WAL: the file is complete on its own
-        try:
-            os.link(tmp, p)  # unlike rename, never replaces an index created meanwhile
-        except FileExistsError:
-            raise UsageError(f"cannot create index {p}: the file already exists") from None
-        except OSError:  # a filesystem without hard links
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        rows = {"model": model, "dim": str(int(dim)), "uuid": uuid.uuid4().hex,
+                "created": repr(time.time())}
+        if fingerprint is not None:
+            rows["fingerprint"] = fingerprint
+        create_index_file(p, rows)
         return cls.open(p)
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
-        """Open an existing store, applying pending migrations."""
+        """Open an existing store, applying pending migrations.
+
+        The file is first checked read-only (`clipsift.index.schema.check_index_file`): a
+        file that is not a clipsift index is refused before anything is written to it.
+
+        Raises:
+            UsageError: no file at `path`.
+            NotAnIndex: the file is not a clipsift index (it is left byte-identical).
+            StoreError: unreadable, hard-linked, or a schema newer than this clipsift.
+        """
         p = Path(path)
         if not p.is_file():
             raise UsageError(
                 f"no index at {p}; create it with `clipsift index PATHS --index {p}`"
             )
-        try:
-            db = connect(p)
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as ex:
-            raise StoreError(f"{p} is not a clipsift index (not an SQLite file: {ex})") from ex
-        if version > SCHEMA_VERSION:
-            db.close()
-            raise StoreError(
-                f"index {p} has schema version {version}, newer than this clipsift "
-                f"understands ({SCHEMA_VERSION}); upgrade clipsift"
-            )
+        real = Path(os.path.realpath(p))  # SQLite names its WAL after the path it opens
+        version = check_index_file(real)
+        db = connect(real)
         if version < SCHEMA_VERSION:
             migrate(db)
-        return cls(p, db)
+        return cls(real, db)
 
     def _read_meta(self) -> StoreMeta:
         rows = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
@@ -218,7 +124,18 @@ class Store:
             model=rows["model"], dim=int(rows["dim"]), uuid=rows.get("uuid", ""),
             created=float(rows.get("created", "0")),
             schema_version=self.db.execute("PRAGMA user_version").fetchone()[0],
+            fingerprint=rows.get("fingerprint"),
         )
+
+    def reload_meta(self) -> StoreMeta:
+        """Read the meta again (after another process switched the model)."""
+        self.meta = self._read_meta()
+        return self.meta
+
+    def current_uuid(self) -> str:
+        """The uuid in the file now (a re-embed gives the store a new one)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'uuid'").fetchone()
+        return row[0] if row else ""
 
     def close(self) -> None:
         self.db.close()
@@ -336,6 +253,52 @@ class Store:
             self._drop_vectors(chunk, gen)
             removed += self.db.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk).rowcount
         return removed
+
+    def set_fingerprint(self, fingerprint: str) -> None:
+        """Record the model fingerprint (JSON) of an index that had none."""
+        self._write_gen()
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)",
+                        (fingerprint,))
+        self.reload_meta()
+
+    def switch_model(self, model: str, dim: int, fingerprint: str) -> int:
+        """Give the index another model, in the current transaction: every vector is
+        dropped and every item marked stale (embedded again by the next add run), the
+        store gets a new uuid (derived FAISS files are rebuilt). Returns the items marked.
+        """
+        gen = self._write_gen()
+        self.db.execute("INSERT OR REPLACE INTO tombstones (id, gen) SELECT id, ? FROM vectors",
+                        (gen,))
+        self.db.execute("DELETE FROM vectors")
+        marked = self.db.execute("UPDATE items SET status = ?, error = NULL",
+                                 (STATUS_STALE,)).rowcount
+        rows = {"model": model, "dim": str(int(dim)), "fingerprint": fingerprint,
+                "uuid": uuid.uuid4().hex}
+        self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            list(rows.items()))
+        self.reload_meta()
+        return int(marked)
+
+    def put_problems(self, problems: Iterable[tuple[str, str, str]]) -> None:
+        """Record (key, kind, error) of folders/files that could not be read."""
+        self._write_gen()
+        now = time.time()
+        self.db.executemany(
+            "INSERT OR REPLACE INTO problems (key, kind, error, time) VALUES (?, ?, ?, ?)",
+            [(sql_value(k), kind, err, now) for k, kind, err in problems])
+
+    def clear_problems(self, keys: Iterable[str]) -> None:
+        self._write_gen()
+        for chunk in _chunks(list(keys)):
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(f"DELETE FROM problems WHERE key IN ({marks})",
+                            [sql_value(k) for k in chunk])
+
+    def problems(self) -> list[Problem]:
+        """Recorded problems, folders first, then by key."""
+        rows = self.db.execute("SELECT key, kind, error, time FROM problems "
+                               "ORDER BY kind DESC, key").fetchall()
+        return [Problem(key_from_sql(r[0]), *r[1:]) for r in rows]
 
     def _put_vector(self, item_id: int, blob: bytes, gen: int) -> None:
         if len(blob) != 2 * self.meta.dim:
@@ -464,40 +427,3 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
 def _chunks(values: list, size: int = _CHUNK) -> Iterator[list]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
-
-
-@contextlib.contextmanager
-def writer_lock(store_path: str | Path) -> Iterator[None]:
-    """Hold the single-writer lock of an index for the duration of the block.
-
-    An OS lock (`flock`) on a side file `INDEX.lock`: the kernel drops it when the holder
-    exits, even on SIGKILL, so a crashed writer never leaves a stale lock. The file records
-    the holder's pid and start time for the error message of the next writer.
-
-    Raises:
-        IndexInUse: another process (or another writer in this process) holds the lock.
-    """
-    lock_path = Path(str(store_path) + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-        os.close(fd)
-        pid = holder[0] if holder else "?"
-        since = "an unknown time"
-        if len(holder) > 1:
-            with contextlib.suppress(ValueError):
-                since = dt.datetime.fromtimestamp(float(holder[1])).isoformat(" ", "seconds")
-        raise IndexInUse(
-            f"index {store_path} is in use by process {pid} since {since}; "
-            "wait for it to finish or use another index"
-        ) from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {time.time():.3f}\n".encode(), 0)
-        yield
-    finally:
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

@@ -2,14 +2,17 @@
 new and changed ones through the pipeline, and commit every batch atomically.
 
 A planner decides per item: unchanged (same size and mtime), changed (hashed; same bytes
-is no work), new bytes (encoded), or bytes already indexed (a rename or a copy, decided
-after the complete walk). Removals and renames are applied only after a complete walk, so
-a killed run redoes them next time.
+is no work), new bytes (encoded), bytes already indexed (a rename or a copy, decided after
+the complete walk), or stale (its vector was dropped when the index changed model: encoded
+again). Removals and renames are applied only after a complete walk, so a killed run redoes
+them next time, and only under the roots walked, for files confirmed gone
+(`clipsift.index.scope`). Folders and files that cannot be read are recorded as problems
+(`Store.problems`); their entries and vectors are kept.
 """
 
 from __future__ import annotations
 
-import glob
+import collections
 import itertools
 import os
 import threading
@@ -18,24 +21,40 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from clipsift.index.store import CatalogRow, NewItem, Store, content_hash
+from clipsift.index.records import STATUS_STALE, CatalogRow, NewItem, content_hash
+from clipsift.index.scope import Scope
+from clipsift.inputs.sources import GONE_ERRNOS, WalkError
 
 if TYPE_CHECKING:
     from clipsift.engines import Engine
+    from clipsift.index.store import Store
     from clipsift.inputs.sources import Item
     from clipsift.models.base import ClipModel
 
 _PLAN_CHUNK = 256
-_COUNTS = ("added", "updated", "renamed", "removed", "unchanged", "errors", "encoded")
+_COUNTS = ("added", "updated", "renamed", "removed", "unchanged", "errors", "encoded",
+           "unreadable")
 
 
 @dataclass(frozen=True)
 class AddSummary:
-    """What one `Index.add` run did: items `added` (encoded, or copied from identical
-    content), `updated` (changed), `renamed` (recognised by content hash, not re-encoded),
-    `removed` (files gone), `unchanged`, `errors` (failed in this run; see
-    `Index.errors()`), `encoded` (went through the model); `interrupted` when stopped early
-    (committed batches are kept)."""
+    """What one `Index.add` run did.
+
+    Attributes:
+        added: items encoded, or copied from identical content.
+        updated: changed items (and stale ones embedded again by a new model).
+        renamed: recognised by content hash, not re-encoded.
+        removed: files confirmed gone under the walked roots.
+        unchanged: same size and mtime (or same bytes).
+        errors: items that failed in this run (`Index.errors()`, `Index.problems()`).
+        encoded: items that went through the model.
+        unreadable: folders and files that could not be read; their entries were kept
+            (`Index.problems()`).
+        interrupted: stopped early (committed batches are kept; run again to resume).
+        stale: items still waiting to be embedded by the index's model (outside the
+            roots of this run, after `reembed`).
+        notice: something to tell the user once (e.g. a fingerprint adopted).
+    """
 
     added: int
     updated: int
@@ -45,7 +64,15 @@ class AddSummary:
     errors: int
     encoded: int
     seconds: float
+    unreadable: int = 0
     interrupted: bool = False
+    stale: int = 0
+    notice: str | None = None
+
+    @property
+    def incomplete(self) -> bool:
+        """Something could not be read: its entries were kept as they were."""
+        return self.unreadable > 0
 
 
 @dataclass(frozen=True)
@@ -58,30 +85,6 @@ class AddProgress:
     seconds: float
 
 
-def _in_scope(inputs: list[str], recursive: bool) -> Callable[[str], bool]:
-    """Predicate: is a catalog key inside a folder/shard this run walked completely?"""
-    from clipsift.inputs.keys import TAR_SUFFIXES, join_key
-
-    folders: list[str] = []
-    prefixes: list[str] = []
-    for text in inputs:
-        for p in [text] if os.path.exists(text) else glob.glob(text, recursive=True):
-            full = os.path.abspath(p)
-            if os.path.isdir(full):
-                folders.append(os.path.join(full, ""))
-            elif full.lower().endswith(TAR_SUFFIXES):
-                prefixes.append(join_key(full, ""))
-
-    def check(key: str) -> bool:
-        if any(key.startswith(p) for p in prefixes):
-            return True
-        if recursive:
-            return any(key.startswith(f) for f in folders)
-        return os.path.join(os.path.dirname(key), "") in folders
-
-    return check
-
-
 def _size(item: Item) -> int:
     return -1 if item.size is None else int(item.size)
 
@@ -90,11 +93,14 @@ def _mtime(item: Item) -> float:  # -1: unknown (a listed file that does not exi
     return -1.0 if item.mtime is None else float(item.mtime)
 
 
-def _gone(key: str, in_scope: Callable[[str], bool]) -> bool:
-    """An item not seen in a complete run is gone if its folder was walked or its file left."""
-    from clipsift.inputs.keys import split_key
-
-    return in_scope(key) or not os.path.exists(split_key(key)[0])
+def _confirmed_missing(item: Item, ex: OSError) -> bool:
+    """A read failed because the file is gone (its folder still exists), or its content
+    is bad (a truncated tar member): an item error. Anything else may pass (a permission,
+    a disk, a network share): a problem, and the item's entry is kept."""
+    if ex.errno is None:
+        return True
+    where = item.path or item.shard or item.key
+    return ex.errno in GONE_ERRNOS and os.path.isdir(os.path.dirname(where))
 
 
 @dataclass
@@ -122,20 +128,41 @@ class AddRun:
         self.candidates: list[_Candidate] = []
         self.t0 = time.perf_counter()
         self.engine: Engine | None = None
+        self.scope: Scope | None = None
+        # problems: reported by this run (queued for the next commit), known from earlier
+        # runs (their files are read again), and earlier ones this run found readable
+        self.new_problems: collections.deque[tuple[str, str, str]] = collections.deque()
+        self.reported: set[str] = set()
+        self.known_problems = {p.key for p in store.problems()}
+        self.resolved: set[str] = set()
 
     def execute(self, inputs: list[str], *, batch_size: int, workers: int | None,
                 recursive: bool) -> AddSummary:
         from clipsift.inputs.sources import iter_items
 
-        self._embed(self.plan(iter_items(inputs, recursive=recursive)), batch_size, workers)
+        self.scope = Scope(inputs, recursive)
+        items = iter_items(inputs, recursive=recursive, on_error=self._walk_error)
+        self._embed(self.plan(items), batch_size, workers)
         if not self.stop.is_set():  # content whose source changed during the run
             self._embed(self._unresolved(), batch_size, 0)
         if self.stop.is_set():
             self.write([])
         else:
-            self.finish(_in_scope(inputs, recursive))
+            self.finish(self.scope)
         return AddSummary(**self.n, seconds=time.perf_counter() - self.t0,
-                          interrupted=self.stop.is_set())
+                          interrupted=self.stop.is_set(),
+                          stale=self.store.count(STATUS_STALE))
+
+    def _walk_error(self, error: WalkError) -> None:
+        """A folder (or entry) that could not be listed: keep its entries, report it."""
+        if self.scope is not None:
+            self.scope.unreadable.append(error)
+        self._problem(error.path, "folder", f"cannot list: {error.reason}")
+
+    def _problem(self, key: str, kind: str, error: str) -> None:
+        self.new_problems.append((key, kind, error))
+        self.reported.add(key)
+        self.n["unreadable"] += 1
 
     def _embed(self, items: Iterator[Item], batch_size: int, workers: int | None) -> None:
         from clipsift.engines.local import embed_items
@@ -166,22 +193,21 @@ class AddRun:
 
     def _plan_one(self, item: Item, row: CatalogRow | None) -> bool:
         size, mtime = _size(item), _mtime(item)
+        recheck = item.key in self.known_problems  # unreadable last time: read it again
+        stale = row is not None and row.status == STATUS_STALE
         if row is not None:
             self.seen.add(row.id)
-            if row.size == size and row.mtime == mtime:
+            if row.size == size and row.mtime == mtime and not (stale or recheck):
                 self._count("unchanged")
                 return False
         try:
             digest = content_hash(item.read_bytes())
         except OSError as ex:
-            failed = NewItem(item.key, size, mtime, None, None, f"cannot read: {ex.strerror or ex}")
-            if row is None:
-                self.actions.append(lambda: self.store.insert(failed))
-            else:
-                self.actions.append(lambda: self.store.replace(row.id, failed))
-            self._count("errors")
+            self._unreadable(item, row, ex)
             return False
-        if row is not None and row.hash == digest:
+        if recheck:
+            self.resolved.add(item.key)
+        if row is not None and row.hash == digest and not stale:
             self.actions.append(lambda: self.store.touch(row.id, size, mtime))
             self._count("unchanged")
             return False
@@ -195,6 +221,20 @@ class AddRun:
             return False
         self.pending[item.key] = (row.id if row else None, digest)
         return True
+
+    def _unreadable(self, item: Item, row: CatalogRow | None, ex: OSError) -> None:
+        """A file that cannot be read: an item error when it is confirmed missing or bad,
+        else a problem, and its entry and vector (if any) stay as they are."""
+        reason = f"cannot read: {ex.strerror or ex}"
+        self._count("errors")
+        if not _confirmed_missing(item, ex):
+            self._problem(item.key, "file", reason)
+            return
+        failed = NewItem(item.key, _size(item), _mtime(item), None, None, reason)
+        if row is None:
+            self.actions.append(lambda: self.store.insert(failed))
+        else:
+            self.actions.append(lambda: self.store.replace(row.id, failed))
 
     def _count(self, field: str) -> None:
         self.n[field] += 1
@@ -223,6 +263,11 @@ class AddRun:
             new_id = action()
             if new_id is not None:
                 self.seen.add(new_id)
+        problems = []
+        while self.new_problems:  # the walker appends from the pipeline's reader thread
+            problems.append(self.new_problems.popleft())
+        if problems:
+            self.store.put_problems(problems)
 
     def write(self, batch: list[Any]) -> None:
         """Commit one pipeline batch plus queued writes atomically."""
@@ -249,24 +294,31 @@ class AddRun:
             seconds = time.perf_counter() - self.t0
             self.progress(AddProgress(self.done, self.n["encoded"], self.n["errors"], seconds))
 
-    def finish(self, in_scope: Callable[[str], bool]) -> None:
-        """After a complete walk: renames/copies by content hash, then removals."""
+    def finish(self, scope: Scope) -> None:
+        """After a complete walk: renames/copies by content hash, removals of files
+        confirmed gone under the walked roots, and problems that are over."""
         with self.store.transaction():
             self._apply_actions()
-            self._resolve_candidates(in_scope)
+            self._resolve_candidates(scope)
             gone = [row.id for row in self.store.iter_rows()
-                    if row.id not in self.seen and _gone(row.key, in_scope)]
+                    if row.id not in self.seen and scope.removable(row.key)]
             self.n["removed"] += self.store.delete(gone)
+            over = [p.key for p in self.store.problems() if p.key not in self.reported
+                    and (p.key in self.resolved or scope.owns(p.key))]
+            self.store.clear_problems(over)
         self._report()
 
-    def _resolve_candidates(self, in_scope: Callable[[str], bool]) -> None:
+    def _resolve_candidates(self, scope: Scope) -> None:
+        """A new key whose bytes are indexed under a key this run walked and found gone is
+        a rename; anything else (the source still there, or outside the walked roots, or
+        not confirmed gone) is a copy: no re-encoding either way, and nothing lost."""
         sources = self.store.rows([c.source for c in self.candidates])
         for c in self.candidates:
             src, key = sources.get(c.source), c.item.key
             if src is None:  # cannot happen under the writer lock; the next run retries
                 continue
-            if c.source not in self.seen and _gone(src.key, in_scope) and not self.store.lookup(
-                    [key]):
+            if c.source not in self.seen and scope.removable(src.key) and not \
+                    self.store.lookup([key]):
                 self.store.touch(c.source, c.size, c.mtime, key=key)
                 self.seen.add(c.source)
                 self._count("renamed")

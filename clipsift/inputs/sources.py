@@ -14,15 +14,22 @@ Inputs, by shape:
     - a file list (`.txt`, `.lst`): one path per line (blank lines and `#` comments skipped),
       relative paths resolved against the list's folder; listed paths that are missing
       still become items, so the run records them as per-item errors.
+
+A folder that cannot be listed (permission denied, an I/O error, a stale network handle) is
+never skipped silently: the walker passes a `WalkError` to the caller's `on_error` callback
+(or collects it in a `Walk`) and goes on with the rest. Callers that delete what they did
+not see (the index) must treat everything under such a folder as unknown, not as gone. A
+folder that vanished while being walked (ENOENT/ENOTDIR) is simply gone: no error.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import stat
 import tarfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from clipsift.errors import UsageError
@@ -81,6 +88,32 @@ class Item:
         return data
 
 
+#: errno values that prove a path is gone (as opposed to unreadable for now)
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+@dataclass(frozen=True)
+class WalkError:
+    """A folder (or folder entry) the walker could not read.
+
+    Attributes:
+        path: the absolute path that failed.
+        reason: the OS error text, e.g. "Permission denied".
+        errno: the OS error number (None when unknown).
+    """
+
+    path: str
+    reason: str
+    errno: int | None = None
+
+    @classmethod
+    def from_os(cls, path: str, ex: OSError) -> WalkError:
+        return cls(path, ex.strerror or str(ex), ex.errno)
+
+
+OnError = Callable[[WalkError], None]
+
+
 def _has_ext(name: str, extensions: Collection[str]) -> bool:
     return os.path.splitext(name)[1].lower() in extensions
 
@@ -106,14 +139,17 @@ def _walk(
     extensions: Collection[str],
     follow_symlinks: bool,
     seen: set[tuple[int, int]],
+    on_error: OnError | None,
 ) -> Iterator[Item]:
     """Yield image files under `folder` in sorted order, depth first."""
     try:
         st = os.stat(folder)
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
-    except OSError:
-        return  # an unreadable sub-folder is skipped, as `find` would
+    except OSError as ex:
+        if ex.errno not in GONE_ERRNOS and on_error is not None:
+            on_error(WalkError.from_os(folder, ex))
+        return  # unreadable: reported; vanished meanwhile: nothing to list
     if (st.st_dev, st.st_ino) in seen:
         return  # a symlink loop
     seen.add((st.st_dev, st.st_ino))
@@ -123,18 +159,20 @@ def _walk(
         try:
             is_dir = entry.is_dir()
             is_file = not is_dir and entry.is_file()
-        except OSError:
+        except OSError as ex:
+            if ex.errno not in GONE_ERRNOS and on_error is not None:
+                on_error(WalkError.from_os(entry.path, ex))
             continue
         if is_dir and recursive:
             yield from _walk(
                 entry.path, recursive=recursive, extensions=extensions,
-                follow_symlinks=follow_symlinks, seen=seen,
+                follow_symlinks=follow_symlinks, seen=seen, on_error=on_error,
             )
         elif is_file and _has_ext(entry.name, extensions):
             try:
                 yield _file_item(entry.path, entry.stat())
             except OSError:
-                yield _file_item(entry.path)
+                yield _file_item(entry.path)  # reading it will say why (a per-item error)
 
 
 def iter_tar(shard: str, *, extensions: Collection[str] = IMAGE_EXTENSIONS) -> Iterator[Item]:
@@ -205,13 +243,17 @@ def _expand(
     recursive: bool,
     extensions: Collection[str],
     follow_symlinks: bool,
+    on_error: OnError | None,
     from_list: bool = False,
 ) -> Iterator[Item]:
     """Yield the items of one input (file, folder, glob, tar shard or file list)."""
-    kw = {"recursive": recursive, "extensions": extensions, "follow_symlinks": follow_symlinks}
+    kw = {"recursive": recursive, "extensions": extensions, "follow_symlinks": follow_symlinks,
+          "on_error": on_error}
     try:
         st = os.stat(text)
-    except OSError:
+    except OSError as ex:
+        if ex.errno not in GONE_ERRNOS and not from_list:
+            raise UsageError(f"cannot read input {text!r}: {ex.strerror or ex}") from ex
         st = None
     if st is None and _is_glob(text) and not from_list:
         matches = sorted(glob.iglob(text, recursive=True))
@@ -242,6 +284,7 @@ def iter_items(
     recursive: bool = True,
     extensions: Collection[str] = IMAGE_EXTENSIONS,
     follow_symlinks: bool = False,
+    on_error: OnError | None = None,
 ) -> Iterator[Item]:
     """Yield the items named by `inputs`, in a deterministic order, lazily.
 
@@ -253,13 +296,16 @@ def iter_items(
             shards; files named explicitly are always kept.
         follow_symlinks: enter symlinked folders and keep symlinked files found while
             walking (loops are detected); symlinks given as inputs are always followed.
+        on_error: called with a `WalkError` for every folder (or entry) that could not
+            be read; the walk goes on. None ignores them: pass a callback (or use `Walk`)
+            whenever a missing item matters (an index, a filter run).
 
     Returns:
         An iterator of `Item`. Folders are walked in sorted order; inputs in given order.
 
     Raises:
-        UsageError: an input does not exist, a glob matches nothing, or a shard or list
-            cannot be read (raised when the iterator reaches that input).
+        UsageError: an input does not exist or cannot be read, a glob matches nothing, or
+            a shard or list cannot be read (raised when the iterator reaches that input).
 
     Example:
         >>> keys = [it.key for it in iter_items(["photos/", "shards/*.tar"])]
@@ -270,8 +316,30 @@ def iter_items(
     for text in inputs:
         yield from _expand(
             os.fsdecode(text), recursive=recursive, extensions=exts,
-            follow_symlinks=follow_symlinks,
+            follow_symlinks=follow_symlinks, on_error=on_error,
         )
+
+
+class Walk:
+    """The items of `inputs` (as `iter_items` yields them), remembering what could not be
+    read: iterate it, then look at `errors`.
+
+    Example:
+        >>> walk = Walk(["photos/"])
+        >>> keys = [it.key for it in walk]
+        >>> [e.path for e in walk.errors]        # folders that could not be listed
+        ['/photos/private']
+    """
+
+    def __init__(self, inputs: Sequence[str | os.PathLike], **options) -> None:
+        self.inputs = [os.fspath(p) for p in
+                       ([inputs] if isinstance(inputs, str | bytes | os.PathLike) else inputs)]
+        self.options = options
+        self.errors: list[WalkError] = []
+
+    def __iter__(self) -> Iterator[Item]:
+        self.errors.clear()  # each pass reports what it could not read
+        return iter_items(self.inputs, on_error=self.errors.append, **self.options)
 
 
 def count_items(

@@ -111,7 +111,30 @@ def _load_name(name: str, device: str) -> ClipModel:
     else:
         model = _load_arch(name, device)
     model.notice = None
+    model.source = _source_of(name)
     return model
+
+
+def _source_of(name: str) -> str:
+    """Where a model name points, portable to another process: paths made absolute
+    (`ARCH:/path`, `hf:/path`, a folder), other names as given ("mini", "ViT-B-32:openai")."""
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    if name.startswith("hf:"):
+        ref = name[len("hf:"):]
+        local = Path(ref).expanduser()
+        return f"hf:{absolute(ref)}" if ref.startswith(("/", ".", "~")) or local.is_dir() \
+            else name
+    if name in ("mini", "fake") or name.startswith(("fake:", "hf-hub:")):
+        return name
+    if Path(name).expanduser().exists():
+        return absolute(name)
+    arch, sep, rest = name.partition(":")
+    if sep and (os.sep in rest or rest.startswith((".", "~")) or Path(rest).suffix in (
+            ".pt", ".pth", ".bin", ".safetensors")):
+        return f"{arch}:{absolute(rest)}"
+    return absolute(name) if _looks_like_path(name) else name
 
 
 def _looks_like_path(name: str) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipsift.models.fingerprint import Fingerprint, ModelParts, config_digest, precision_class
 from clipsift.models.precision import autocast_context
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
@@ -62,6 +63,11 @@ class ClipModel(ABC):
     #: the torch module holding the weights of both towers, None for backends without one
     #: (what an ONNX export of the image tower takes its parameters from)
     module: torch.nn.Module | None = None
+    #: where the model came from: what `clipsift.load` was given, paths made absolute
+    source: str = ""
+    #: checkpoint files the weights were read from (keys the fingerprint cache)
+    weight_files: tuple[str, ...] = ()
+    _parts: ModelParts | None = None
 
     # ---- backend hooks -------------------------------------------------------------------
     @abstractmethod
@@ -85,7 +91,33 @@ class ClipModel(ABC):
         (the function an ONNX export of the image tower traces)."""
         return self._image_features(pixels)
 
+    def _model_parts(self) -> ModelParts:
+        """Digests of weights, preprocessing and tokenizer (backends refine this default,
+        which hashes the module's tensors and knows preprocessing only by its type)."""
+        from clipsift.models.fingerprint import state_dict_digest
+
+        if self.module is None:
+            raise NotImplementedError(f"{type(self).__name__} has no fingerprint")
+        cls = f"{type(self).__module__}.{type(self).__qualname__}"
+        return ModelParts(
+            weights=state_dict_digest(self.module, {"class": cls}),
+            preprocess=config_digest({"class": type(self.preprocess).__qualname__,
+                                      "image_size": self.image_size}),
+            tokenizer=config_digest({"class": cls, "context_length": self.context_length}),
+            source=self.source or self.name)  # a name `clipsift.load` can load again
+
     # ---- public API ----------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """What the vectors of this model are made of: weights + preprocessing + tokenizer
+        + precision class (`clipsift.models.fingerprint`). Computed on first use (hashing
+        the weights; cached on disk by checkpoint file), then kept."""
+        if self._parts is None:
+            self._parts = self._model_parts()
+        p = self._parts
+        return Fingerprint(self.name, int(self.dim), p.weights, p.preprocess, p.tokenizer,
+                           precision_class(self.precision), p.source)
+
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(

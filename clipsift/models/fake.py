@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 
 from clipsift.models.base import ClipModel
+from clipsift.models.fingerprint import ModelParts, config_digest
 
 _THUMB = 8
+_SEED = 1234
 
 
 def _fake_preprocess(image: Image.Image) -> torch.Tensor:
@@ -40,8 +42,14 @@ class FakeModel(ClipModel):
         self.logit_scale = 100.0
         self.preprocess = _fake_preprocess
         self.device = torch.device("cpu")
-        gen = torch.Generator().manual_seed(1234)
+        gen = torch.Generator().manual_seed(_SEED)
         self._proj = torch.randn(3 * _THUMB * _THUMB, dim, generator=gen)
+
+    def _model_parts(self) -> ModelParts:
+        """The fake model's weights are its seed and dimension (the name says the dim)."""
+        return ModelParts(config_digest({"fake": "projection", "seed": _SEED, "dim": self.dim}),
+                          config_digest({"fake": "thumbnail", "size": _THUMB}),
+                          config_digest({"fake": "hashed words"}), self.source or self.name)
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         flat = pixels.reshape(pixels.shape[0], -1) - 0.5  # [N, 192]

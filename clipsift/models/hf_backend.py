@@ -11,6 +11,14 @@ from PIL import Image
 
 from clipsift.errors import CheckpointError
 from clipsift.models.base import ClipModel
+from clipsift.models.fingerprint import (
+    ModelParts,
+    cached,
+    config_digest,
+    file_key,
+    state_dict_digest,
+    tokenizer_digest,
+)
 from clipsift.models.textsplit import split_to_fit
 
 _SUPPORTED = {"clip": "CLIPModel", "chinese_clip": "ChineseCLIPModel"}
@@ -53,6 +61,8 @@ class HFClipModel(ClipModel):
         self.image_size = int(config.vision_config.image_size)
         self.logit_scale = float(self.module.logit_scale.detach().exp().item())
         self.dim = int(config.projection_dim)
+        self.weight_files = tuple(str(p) for p in sorted(Path(folder).iterdir())
+                                  if p.suffix in (".safetensors", ".bin"))
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return _features(self.module.get_image_features(pixel_values=pixels))
@@ -67,6 +77,30 @@ class HFClipModel(ClipModel):
 
     def split_tokens(self, text: str, max_tokens: int) -> list[str]:
         return split_to_fit(text, max_tokens, self.count_tokens)
+
+    def _model_parts(self) -> ModelParts:
+        """Weights: the model config (paths and versions left out) + tensors, cached by
+        weight file; preprocessing: the image processor's settings; the tokenizer's vocab."""
+        config = {"class": type(self.module).__qualname__,
+                  "config": _portable(self.module.config.to_dict())}
+        weights = cached(file_key(self.weight_files, config),
+                         lambda: state_dict_digest(self.module, config))
+        processor = self.preprocess.processor
+        pre = config_digest({"class": type(processor).__qualname__,
+                             "settings": _portable(processor.to_dict())})
+        return ModelParts(weights, pre, tokenizer_digest(self.tokenizer, self.context_length),
+                          self.source or self.name)
+
+
+def _portable(value: Any) -> Any:
+    """A config dict without what differs between copies of the same model (its folder,
+    the transformers version, private keys)."""
+    if isinstance(value, dict):
+        return {str(k): _portable(v) for k, v in value.items() if not str(k).startswith("_")
+                and k not in ("transformers_version", "name_or_path")}
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    return value
 
 
 def _features(out: Any) -> torch.Tensor:

@@ -106,13 +106,15 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], s
 
 
 def _finish(module: torch.nn.Module, name: str, arch: str, model_cfg: dict[str, Any],
-            pre: PreprocessConfig, device: str) -> OpenClipModel:
+            pre: PreprocessConfig, device: str, weights: str | Path) -> OpenClipModel:
     import open_clip
 
     ctx = model_cfg.get("text_cfg", {}).get("context_length", 77)
     tokenizer = open_clip.get_tokenizer(arch, context_length=ctx) if arch else \
         open_clip.get_tokenizer("ViT-B-32", context_length=ctx)
-    return OpenClipModel(module, make_transform(pre), tokenizer, name, model_cfg, pre, device)
+    model = OpenClipModel(module, make_transform(pre), tokenizer, name, model_cfg, pre, device)
+    model.weight_files = (str(weights),)
+    return model
 
 
 def load_tag(arch: str, tag: str, device: str = "cpu") -> OpenClipModel:
@@ -135,7 +137,7 @@ def load_tag(arch: str, tag: str, device: str = "cpu") -> OpenClipModel:
         module, mean=pcfg.get("mean"), std=pcfg.get("std"),
         interpolation=pcfg.get("interpolation"), resize_mode=pcfg.get("resize_mode"))
     pre.image_size = _visual_size(module)
-    return _finish(module, f"{arch}:{tag}", arch, model_cfg, pre, device)
+    return _finish(module, f"{arch}:{tag}", arch, model_cfg, pre, device, path)
 
 
 def _tag_weights(pcfg: dict[str, Any], lookup: resolve.Lookup) -> str:
@@ -185,7 +187,7 @@ def load_file(arch: str, path: str, device: str = "cpu") -> OpenClipModel:
     load_weights(module, checkpoints.load_state_dict(p), str(p))
     pre = preprocess_cfg_from_module(module)
     pre.image_size = _visual_size(module)
-    return _finish(module, f"{arch}:{p}", arch, model_cfg, pre, device)
+    return _finish(module, f"{arch}:{p}", arch, model_cfg, pre, device, p)
 
 
 def load_folder(path: str | Path, device: str = "cpu", name: str | None = None) -> OpenClipModel:
@@ -198,8 +200,10 @@ def load_folder(path: str | Path, device: str = "cpu", name: str | None = None) 
     sd = {k: v.float() for k, v in checkpoints.load_state_dict(weights).items()}
     load_weights(module, sd, str(weights))
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=cfg.context_length)
-    return OpenClipModel(module, make_transform(cfg.preprocess), tokenizer, name or cfg.name,
-                         cfg.model_cfg, cfg.preprocess, device)
+    model = OpenClipModel(module, make_transform(cfg.preprocess), tokenizer, name or cfg.name,
+                          cfg.model_cfg, cfg.preprocess, device)
+    model.weight_files = (str(weights),)
+    return model
 
 
 def _visual_size(module: torch.nn.Module) -> int:
@@ -224,4 +228,4 @@ def load_hub(repo_id: str, device: str = "cpu") -> OpenClipModel:
         std=tuple(pcfg.get("std", PreprocessConfig.std)),
         interpolation=pcfg.get("interpolation", "bicubic"),
         resize_mode=pcfg.get("resize_mode", "shortest"))
-    return _finish(module, f"hf-hub:{repo_id}", "", model_cfg, pre, device)
+    return _finish(module, f"hf-hub:{repo_id}", "", model_cfg, pre, device, weights)

@@ -29,6 +29,7 @@ import numpy as np
 from clipsift.errors import UsageError
 from clipsift.inputs.keys import parquet_columns, printable
 from clipsift.models.base import l2_normalize
+from clipsift.models.fingerprint import parquet_metadata
 
 if TYPE_CHECKING:
     from clipsift.engines import Engine
@@ -53,8 +54,9 @@ class Collection:
         vectors: float32 [N, D], unit rows.
         width, height: int64 [N], -1 when unknown.
         mtime: float64 [N], NaN when unknown. size: int64 [N] bytes, -1 when unknown.
-        errors: (key, reason) of images that could not be embedded.
-        model: the model name the vectors come from.
+        errors: (key, reason) of images that could not be embedded, and of folders that
+            could not be listed.
+        model: the model name the vectors come from; fingerprint: that model's digest.
     """
 
     keys: list[str]
@@ -65,48 +67,48 @@ class Collection:
     size: np.ndarray
     errors: list[tuple[str, str]] = field(default_factory=list)
     model: str = ""
+    dim: int = 0
+    fingerprint: str = ""  # digest of the model the vectors come from
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def metadata(self) -> dict[str, str]:
+        """The model keys of every Parquet file written from this collection."""
+        return parquet_metadata(self.model, self.dim or self.vectors.shape[1], self.fingerprint)
 
 
 def collection_from_index(index: str | os.PathLike) -> Collection:
     """Read the stored vectors and catalog of a clipsift index (nothing is re-encoded)."""
     from clipsift.index.index import Index
-    from clipsift.index.store import STATUS_ERROR
 
-    with Index(index, create=False) as idx:
-        store = idx.store
-        id_parts, vec_parts = [], []
-        for ids, vecs in store.iter_vectors():
-            id_parts.append(ids)
-            vec_parts.append(vecs.astype(np.float32))
-        ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
-        vectors = (np.concatenate(vec_parts) if vec_parts
-                   else np.zeros((0, store.meta.dim), np.float32))
-        rows = store.rows(ids.tolist())
-        got = [rows[int(i)] for i in ids]
-        errors = [(r.key, r.error or "") for r in store.iter_rows(status=STATUS_ERROR)]
-        return Collection(
-            keys=[r.key for r in got], vectors=l2_normalize(vectors),
-            width=np.array([r.width if r.width is not None else -1 for r in got], np.int64),
-            height=np.array([r.height if r.height is not None else -1 for r in got], np.int64),
-            mtime=np.array([r.mtime if r.mtime >= 0 else np.nan for r in got], np.float64),
-            size=np.array([r.size for r in got], np.int64), errors=errors,
-            model=store.meta.model,
-        )
+    with Index.open(index) as idx:
+        rows, parts = [], []
+        for chunk in idx.iter_embeddings():
+            rows += chunk.rows
+            parts.append(chunk.vectors)
+        info = idx.info
+        vectors = np.concatenate(parts) if parts else np.zeros((0, info.dim), np.float32)
+        errors = [(r.key, r.error or "") for r in idx.unembedded()]
+    return Collection(
+        keys=[r.key for r in rows], vectors=l2_normalize(vectors),
+        width=np.array([r.width if r.width is not None else -1 for r in rows], np.int64),
+        height=np.array([r.height if r.height is not None else -1 for r in rows], np.int64),
+        mtime=np.array([r.mtime if r.mtime >= 0 else np.nan for r in rows], np.float64),
+        size=np.array([r.size for r in rows], np.int64), errors=errors, model=info.model,
+        dim=info.dim, fingerprint=info.fingerprint.digest if info.fingerprint else "")
 
 
 def collection_from_inputs(model: ClipModel, inputs: Sequence[str | os.PathLike], *,
                            engine: Engine | None = None, batch_size: int = 64) -> Collection:
     """Embed files, folders, globs, tar shards or file lists into a `Collection`."""
     from clipsift.engines.local import LocalEngine
-    from clipsift.inputs.sources import iter_items
+    from clipsift.inputs.sources import Walk
 
     eng = engine if engine is not None else LocalEngine()
     keys, vecs, w, h, mt, sz, errors = [], [], [], [], [], [], []
-    for batch in eng.embed(model, iter_items([os.fspath(p) for p in inputs]),
-                           batch_size=batch_size):
+    walk = Walk(inputs)
+    for batch in eng.embed(model, walk, batch_size=batch_size):
         for r in batch:
             if r.vector is None:
                 errors.append((r.item.key, r.error or ""))
@@ -117,9 +119,11 @@ def collection_from_inputs(model: ClipModel, inputs: Sequence[str | os.PathLike]
             h.append(-1 if r.height is None else r.height)
             mt.append(np.nan if r.item.mtime is None else r.item.mtime)
             sz.append(-1 if r.item.size is None else r.item.size)
+    errors += [(e.path, f"cannot list folder: {e.reason}") for e in walk.errors]
     vectors = np.stack(vecs) if vecs else np.zeros((0, model.dim), np.float32)
     return Collection(keys, l2_normalize(vectors), np.array(w, np.int64), np.array(h, np.int64),
-                      np.array(mt, np.float64), np.array(sz, np.int64), errors, model.name)
+                      np.array(mt, np.float64), np.array(sz, np.int64), errors, model.name,
+                      model.dim, model.fingerprint.digest)
 
 
 # ---- near-duplicates -------------------------------------------------------------------------
@@ -325,8 +329,9 @@ def write_groups_parquet(result: DedupResult, coll: Collection, path: str | os.P
         "size": opt(coll.size, coll.size < 0, pa.int64()),
         "mtime": opt(coll.mtime, np.isnan(coll.mtime), pa.float64()),
     }).replace_schema_metadata({
+        **coll.metadata(),
         "clipsift.threshold": str(result.threshold), "clipsift.keep": ",".join(result.keep),
-        "clipsift.model": coll.model, "clipsift.method": result.method,
+        "clipsift.method": result.method,
         "clipsift.summary": json.dumps({"items": result.items, "groups": len(result.groups),
                                         "duplicates": result.duplicates}),
     })
@@ -402,7 +407,7 @@ def write_unique_parquet(result: UniqueResult, coll: Collection,
         "uniqueness": pa.array(result.score, pa.float32()),
         **parquet_columns("nearest_path", [coll.keys[i] for i in result.nearest]),
         "nearest_similarity": pa.array(result.nearest_similarity, pa.float32()),
-    }).replace_schema_metadata({"clipsift.k": str(result.k), "clipsift.model": coll.model})
+    }).replace_schema_metadata({**coll.metadata(), "clipsift.k": str(result.k)})
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)

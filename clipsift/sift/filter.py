@@ -19,27 +19,33 @@ every item is scored are decisions taken (top-N needs every score), the manifest
 assembled (`OUT/manifest.parquet`) and files placed, each placement journaled in
 `OUT/.clipsift-filter/journal.sqlite` so that it is done exactly once. The work folder is
 kept: rerunning with another threshold re-decides from the stored scores in seconds.
-Changing the prompts, the model or the inputs needs `fresh=True` (or another output).
+Changing the prompts, the model (its fingerprint: weights, preprocessing, tokenizer,
+precision class; not only its name) or the inputs needs `fresh=True` (or another output):
+a work folder is never resumed with other vectors (`clipsift.sift.workdir`).
+
+A folder that cannot be listed is not skipped silently: it is in the summary
+(`unreadable`) and in the manifest as an "error" row, and the next run tries it again.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipsift.errors import ModelMismatch, UsageError
-from clipsift.inputs.keys import key_bytes, key_from_bytes, parquet_columns
-from clipsift.models.base import l2_normalize
+from clipsift.errors import UsageError
+from clipsift.inputs.keys import key_from_bytes, parquet_columns
+from clipsift.models.fingerprint import parquet_metadata
+from clipsift.sift.filter_source import FilterSource, make_source
 from clipsift.sift.rules import Calibration, Rule, calibrate, decide, prompt_vectors, score_matrix
+from clipsift.sift.workdir import Row, WorkDir, part_table, run_fingerprint
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -49,10 +55,6 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "manifest.parquet"
 WORK_NAME = ".clipsift-filter"
-_INDEX_BATCH = 4096
-# One scored item: key, size, mtime, width, height, error, unit vector (None on error).
-_Row = tuple[str, int | None, float | None, int | None, int | None, str | None,
-             np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class FilterSummary:
         placed: files placed by this run; place_errors: key -> reason of failed placements.
         rule: the rule applied (with defaults filled in).
         interrupted: the stop event ended the run early; run again to resume.
+        unreadable: folder -> reason, for folders that could not be listed (their images
+            are unknown; they are "error" rows of the manifest, counted in `errors`).
     """
 
     manifest: Path | None
@@ -93,6 +97,7 @@ class FilterSummary:
     seconds: float
     rule: Rule
     interrupted: bool = False
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,16 +115,6 @@ class FilterOutput:
         if p.suffix.lower() == ".parquet":
             return cls(p, p.with_name(p.name + ".work"), None)
         return cls(p / MANIFEST_NAME, p / WORK_NAME, p)
-
-
-@dataclass
-class _Source:
-    """A description of the input (for the resume fingerprint) and its batch generator."""
-
-    describe: dict
-    roots: list[str]
-    batches: Callable[[set[str], threading.Event], Iterator[list[_Row]]]
-    close: Callable[[], None] = field(default=lambda: None)
 
 
 def run_filter(
@@ -155,23 +150,25 @@ def run_filter(
     if place is not None and out.folder is None:
         raise UsageError(f"--{place} needs an output folder, not a manifest path ({output})")
     stop = stop or threading.Event()
-    source = _make_source(model, inputs, index, engine, batch_size)
-    work: _WorkDir | None = None
+    source = make_source(model, inputs, index, engine, batch_size)
+    work: WorkDir | None = None
     try:
         if place is not None and out.folder is not None:
             from clipsift.sift.placement import check_output
 
             check_output(out.folder, source.roots)
-        work = _WorkDir(out.work, fresh)
-        work.check(_fingerprint(model, rule, source.describe))
+        work = WorkDir(out.work, fresh)
+        work.check(run_fingerprint(model, rule, source.describe))
         done_keys = work.keys()
         scored_now = _score(work, source, done_keys, model, rule, stop, progress, t0)
-        base = dict(scored_now=scored_now, scored_before=len(done_keys), rule=rule)
+        unreadable = {e.path: f"cannot list folder: {e.reason}" for e in source.unreadable}
+        base = dict(scored_now=scored_now, scored_before=len(done_keys), rule=rule,
+                    unreadable=unreadable)
         if stop.is_set():
             return FilterSummary(None, 0, 0, 0, 0, placed=0, place_errors={},
                                  seconds=time.perf_counter() - t0, interrupted=True, **base)
         counts, placed, errors = _finish(work, out, rule, model, place, source.roots,
-                                         progress, t0)
+                                         progress, t0, unreadable)
     finally:
         source.close()
         if work is not None:
@@ -180,12 +177,7 @@ def run_filter(
                          seconds=time.perf_counter() - t0, **base)
 
 
-def _fingerprint(model: ClipModel, rule: Rule, describe: dict) -> dict:
-    return {"model": model.name, "dim": model.dim,
-            "prompts": [name for name, _ in rule.columns()], "source": describe}
-
-
-def _score(work: _WorkDir, source: _Source, done_keys: set[str], model: ClipModel,
+def _score(work: WorkDir, source: FilterSource, done_keys: set[str], model: ClipModel,
            rule: Rule, stop: threading.Event,
            progress: Callable[[FilterProgress], None] | None, t0: float) -> int:
     """Score every item not in a committed part; returns how many were scored."""
@@ -194,7 +186,7 @@ def _score(work: _WorkDir, source: _Source, done_keys: set[str], model: ClipMode
     for rows in source.batches(done_keys, stop):
         if not rows:
             continue
-        work.write_part(_part_table(rows, texts))
+        work.write_part(part_table(rows, texts))
         scored += len(rows)
         errors += sum(1 for r in rows if r[5] is not None)
         if progress is not None:
@@ -205,177 +197,18 @@ def _score(work: _WorkDir, source: _Source, done_keys: set[str], model: ClipMode
     return scored
 
 
-# ---- sources -------------------------------------------------------------------------------
-def _make_source(model: ClipModel, inputs: Sequence[str | os.PathLike],
-                 index: str | os.PathLike | None, engine: Engine | None,
-                 batch_size: int) -> _Source:
-    texts = [os.fspath(p) for p in inputs]
-    if (index is None) == (not texts):
-        raise UsageError("give either inputs (files, folders, globs, tar shards, lists) or "
-                         "an index, not both and not neither")
-    if index is not None:
-        return _index_source(model, index)
-    from clipsift.engines.local import LocalEngine
-    from clipsift.inputs.sources import iter_items
-
-    eng = engine if engine is not None else LocalEngine()
-    for text in texts:
-        if not os.path.exists(text) and not any(c in text for c in "*?["):
-            raise UsageError(f"input not found: {text!r} (expected a file, folder, glob, "
-                             "tar shard or file list)")
-    roots = [os.path.abspath(t) for t in texts if os.path.isdir(t)]
-
-    def fresh_items(done: set[str]) -> Iterator:
-        for item in iter_items(texts):
-            if item.key not in done:  # done by an earlier run, or named twice in this one
-                done.add(item.key)
-                yield item
-
-    def batches(done: set[str], stop: threading.Event) -> Iterator[list[_Row]]:
-        items = fresh_items(set(done))
-        for batch in eng.embed(model, items, batch_size=batch_size, stop=stop):
-            yield [(r.item.key, r.item.size, r.item.mtime, r.width, r.height, r.error,
-                    r.vector) for r in batch]
-
-    return _Source({"inputs": [os.path.abspath(t) for t in texts]}, roots, batches)
-
-
-def _index_source(model: ClipModel, index: str | os.PathLike) -> _Source:
-    from clipsift.index.index import Index
-
-    idx = Index(index, create=False)
-    meta = idx.store.meta
-    if model.name != meta.model or model.dim != meta.dim:
-        idx.close()
-        raise ModelMismatch(f"index {idx.path} holds vectors of model {meta.model!r} "
-                            f"(dim {meta.dim}), not {model.name!r}; leave --model out or "
-                            f"pass --model {meta.model}")
-    store = idx.store
-
-    def batches(done: set[str], stop: threading.Event) -> Iterator[list[_Row]]:
-        chunk = []
-        for row in store.iter_rows():
-            if row.key not in done:
-                chunk.append(row)
-            if len(chunk) >= _INDEX_BATCH:
-                yield _index_rows(store, chunk)
-                chunk = []
-                if stop.is_set():
-                    return
-        if chunk:
-            yield _index_rows(store, chunk)
-
-    return _Source({"index": str(idx.path.resolve()), "uuid": meta.uuid}, [], batches,
-                   idx.close)
-
-
-def _index_rows(store, rows) -> list[_Row]:
-    found, vecs = store.get_vectors([r.id for r in rows])
-    by_id = dict(zip(found.tolist(), l2_normalize(vecs.astype(np.float32)), strict=True))
-    out: list[_Row] = []
-    for r in rows:
-        vec = by_id.get(r.id)
-        error = None if vec is not None else (r.error or "no stored vector")
-        size = None if r.size < 0 else r.size
-        mtime = None if r.mtime < 0 else r.mtime
-        out.append((r.key, size, mtime, r.width, r.height, error, vec))
-    return out
-
-
-# ---- the work folder -----------------------------------------------------------------------
-def _part_table(rows: list[_Row], texts: np.ndarray) -> pa.Table:
-    import pyarrow as pa
-
-    n, p = len(rows), texts.shape[0]
-    scores = np.zeros((n, p), np.float32)
-    ok = [i for i, r in enumerate(rows) if r[6] is not None]
-    if ok:
-        scores[ok] = score_matrix(np.stack([rows[i][6] for i in ok]), texts)
-    offsets = pa.array(np.arange(0, n * p + 1, p, dtype=np.int32))
-    cols = {
-        "key": pa.array([key_bytes(r[0]) for r in rows], pa.binary()),
-        "size": pa.array([r[1] for r in rows], pa.int64()),
-        "mtime": pa.array([r[2] for r in rows], pa.float64()),
-        "width": pa.array([r[3] for r in rows], pa.int32()),
-        "height": pa.array([r[4] for r in rows], pa.int32()),
-        "error": pa.array([r[5] for r in rows], pa.string()),
-        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.ravel(), pa.float32())),
-    }
-    return pa.table(cols)
-
-
-class _WorkDir:
-    """Committed part files plus the SQLite journal (fingerprint, placements)."""
-
-    def __init__(self, path: Path, fresh: bool) -> None:
-        from clipsift.sift.placement import open_journal
-
-        if fresh and path.exists():
-            shutil.rmtree(path)
-        self.path = path
-        self.parts = path / "parts"
-        self.parts.mkdir(parents=True, exist_ok=True)
-        for tmp in self.parts.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
-        self.db = open_journal(path / "journal.sqlite")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
-
-    def check(self, fingerprint: dict) -> None:
-        row = self.db.execute("SELECT v FROM meta WHERE k = 'fingerprint'").fetchone()
-        text = json.dumps(fingerprint, sort_keys=True)
-        if row is None:
-            with self.db:
-                self.db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (text,))
-        elif row[0] != text:
-            old = json.loads(row[0])
-            what = [k for k in ("model", "dim", "prompts", "source") if old.get(k) !=
-                    fingerprint[k]]
-            raise UsageError(
-                f"{self.path} holds an earlier filter run with other {', '.join(what)}; "
-                "rerun with --fresh to discard its scores, or choose another --output"
-            )
-
-    def _files(self) -> list[Path]:
-        return sorted(self.parts.glob("part-*.parquet"))
-
-    def keys(self) -> set[str]:
-        import pyarrow.parquet as pq
-
-        keys: set[str] = set()
-        for f in self._files():
-            keys.update(key_from_bytes(k)
-                        for k in pq.read_table(f, columns=["key"])["key"].to_pylist())
-        return keys
-
-    def write_part(self, table: pa.Table) -> None:
-        import pyarrow.parquet as pq
-
-        files = self._files()
-        number = int(files[-1].stem.split("-")[1]) + 1 if files else 0
-        final = self.parts / f"part-{number:06d}.parquet"
-        tmp = final.with_name(final.name + ".tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-
-    def read(self) -> pa.Table:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        tables = [pq.read_table(f) for f in self._files()]
-        if not tables:
-            return _part_table([], np.zeros((0, 1), np.float32)).slice(0, 0)
-        return pa.concat_tables(tables)
-
-
 # ---- decisions, manifest, placement --------------------------------------------------------
-def _finish(work: _WorkDir, out: FilterOutput, rule: Rule, model: ClipModel,
+def _finish(work: WorkDir, out: FilterOutput, rule: Rule, model: ClipModel,
             place: str | None, roots: list[str],
             progress: Callable[[FilterProgress], None] | None,
-            t0: float) -> tuple[tuple[int, int, int, int], int, dict[str, str]]:
-    table = work.read()
-    n, p = table.num_rows, len(rule.columns())
+            t0: float, unreadable: dict[str, str],
+            ) -> tuple[tuple[int, int, int, int], int, dict[str, str]]:
+    import pyarrow as pa
+
+    p = len(rule.columns())
+    missing: list[Row] = [(k, None, None, None, None, why, None) for k, why in unreadable.items()]
+    table = pa.concat_tables([work.read(), part_table(missing, np.zeros((p, 1), np.float32))])
+    n = table.num_rows
     keys = [key_from_bytes(k) for k in table["key"].to_pylist()]
     ok = np.array([e is None for e in table["error"].to_pylist()], dtype=bool)
     flat = table["scores"].combine_chunks().flatten() if n else []
@@ -431,7 +264,8 @@ def _manifest(table: pa.Table, keys: list[str], scores: np.ndarray, ok: np.ndarr
         cols.update(parquet_columns("output_path", [g[0] if g and g[1] == "done" else None
                                                     for g in got]))
         cols["place_error"] = pa.array([g[2] if g else None for g in got], pa.string())
-    meta = {"clipsift.model": model.name, "clipsift.rule": json.dumps(rule.to_json()),
+    meta = {**parquet_metadata(model.name, model.dim, model.fingerprint.digest),
+            "clipsift.rule": json.dumps(rule.to_json()),
             "clipsift.prompt_columns": json.dumps([c for c, _ in rule.columns()])}
     return pa.table(cols).replace_schema_metadata(meta)
 

@@ -126,7 +126,8 @@ def test_ray_parquet_shards_and_dedup_equal_local(ray_engine, data, tmp_path):
         else:
             assert np.allclose(by_key[r.item.key], r.vector, atol=1e-6)
     info = json.loads((tmp_path / "emb" / "_clipsift.json").read_text())
-    assert info == {"model": "fake", "dim": 64, "rows": 31, "errors": 1}
+    assert info == {"model": "fake", "dim": 64, "fingerprint": model.fingerprint.digest,
+                    "rows": 31, "errors": 1, "unreadable": {}}
     local = collection_from_inputs(model, data, engine=LOCAL)
     remote = collection_from_inputs(model, data, engine=ray_engine)
     assert local.keys == remote.keys and np.allclose(local.vectors, remote.vectors, atol=1e-6)
@@ -154,6 +155,37 @@ def test_ray_stop_and_compressed_shards(ray_engine, data, tmp_path):
         batches.append(batch)
         stop.set()
     assert len(batches) == 1
+
+
+def test_ray_parquet_names_the_model_and_unreadable_folders(ray_engine, data, tmp_path,
+                                                           monkeypatch):
+    """Ray shards carry the model keys of every clipsift Parquet file; a folder the driver
+    could not list is in the summary and `_clipsift.json`, not silently missing."""
+    import errno
+    import os
+
+    from clipsift.inputs.sources import Walk
+
+    locked = os.path.join(data[0], "ship")
+    real = os.scandir
+
+    def scandir(p=".", *args):
+        if os.path.abspath(os.fspath(p)) == locked:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), locked)
+        return real(p, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    model = FakeModel()
+    summary = ray_engine.write_parquet(model, Walk([data[0]]), tmp_path / "emb", batch_size=8)
+    assert summary.unreadable == {locked: os.strerror(errno.EACCES)}
+    assert summary.rows == 13  # the 12 cats and the broken file; the ships are unknown
+    info = json.loads((tmp_path / "emb" / "_clipsift.json").read_text())
+    assert info["unreadable"] == {locked: os.strerror(errno.EACCES)}
+    assert info["fingerprint"] == summary.fingerprint == model.fingerprint.digest
+    for f in sorted((tmp_path / "emb").glob("chunk-*/*.parquet")):
+        meta = pq.read_schema(f).metadata
+        assert (meta[b"clipsift.model"], meta[b"clipsift.dim"]) == (b"fake", b"64"), f
+        assert meta[b"clipsift.fingerprint"] == model.fingerprint.digest.encode(), f
 
 
 def test_make_engine_names():

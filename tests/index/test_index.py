@@ -124,8 +124,9 @@ def test_copies_are_not_reencoded_and_other_roots_are_kept(collection, tmp_path,
     s = idx.add([collection], workers=0)  # `other` not scanned: its item stays
     assert (s.added, s.renamed, s.removed, s.encoded, model.encoded) == (1, 0, 0, 0, 0)
     assert str(other / "x.jpg") in keys_and_vectors(idx)
-    (other / "x.jpg").unlink()  # gone from disk: removed even when its folder is not scanned
-    assert idx.add([collection], workers=0).removed == 1
+    (other / "x.jpg").unlink()  # gone, but its folder is not walked: kept (issue 21)
+    assert idx.add([collection], workers=0).removed == 0
+    assert idx.add([other], workers=0).removed == 1  # walked and confirmed gone
 
 
 def test_copy_of_old_bytes_while_the_original_changes(collection, tmp_path):
@@ -191,8 +192,9 @@ def test_export_parquet(collection, tmp_path):
     assert table.schema.names == ["id", "path", "path_bytes", "size", "mtime", "hash", "width",
                                   "height", "embedding"]
     assert table["path_bytes"].null_count == 30  # only names that are not UTF-8 need it
-    assert table.schema.metadata[b"model"] == b"fake"
-    assert table.schema.metadata[b"dim"] == b"64"
+    meta = table.schema.metadata
+    assert (meta[b"clipsift.model"], meta[b"clipsift.dim"]) == (b"fake", b"64")
+    assert meta[b"clipsift.fingerprint"].decode() == FakeModel().fingerprint.digest
     emb_type = table.schema.field("embedding").type
     assert pa.types.is_list(emb_type) and emb_type.value_type == pa.float32()
     row = table.slice(0, 1).to_pylist()[0]

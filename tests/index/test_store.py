@@ -78,8 +78,8 @@ def test_migration_from_v1_keeps_data(tmp_path):
     db.execute("INSERT INTO vectors (id, vec) VALUES (1, ?)", (vector_blob(_vec(1)),))
     db.close()
     s = Store.open(path)
-    assert s.meta.schema_version == SCHEMA_VERSION == 2
-    assert s.generation() == 0
+    assert s.meta.schema_version == SCHEMA_VERSION == 3
+    assert s.generation() == 0 and s.problems() == [] and s.meta.fingerprint is None
     ids, vecs = next(s.iter_vectors())
     assert ids.tolist() == [1]
     np.testing.assert_allclose(vecs[0], _vec(1), atol=1e-3)

@@ -89,7 +89,7 @@ def run_json(capsys, args: list[str]) -> list[dict]:
 def index(folder, tmp_path_factory) -> str:
     db = str(tmp_path_factory.mktemp("names-index") / "i.db")
     assert main(["index", os.fsdecode(folder), "--index", db, "--model", "fake",
-                 "--workers", "0", "-q"]) == 0  # the broken file is recorded, not fatal
+                 "--workers", "0", "-q"]) == 1  # the broken file is recorded: exit 1, not fatal
     return db
 
 

@@ -221,3 +221,27 @@ def test_iterates_lazily(tree: Path) -> None:
     assert next(gen).key.endswith("a.PNG")  # the missing input is reported when reached
     with pytest.raises(UsageError):
         list(gen)
+
+
+def test_unreadable_folder_is_reported_not_skipped(tree: Path, monkeypatch) -> None:
+    import errno
+
+    from clipsift.inputs.sources import Walk, WalkError
+
+    sub = next(p for p in sorted(tree.iterdir()) if p.is_dir() and not p.name.startswith("."))
+    real = os.scandir
+
+    def scandir(p=".", *args):
+        if os.path.abspath(os.fspath(p)) == str(sub):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(sub))
+        return real(p, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    seen: list[WalkError] = []
+    keys = [it.key for it in iter_items([tree], on_error=seen.append)]
+    assert seen == [WalkError(str(sub), os.strerror(errno.EIO), errno.EIO)]
+    assert keys and not any(k.startswith(str(sub) + os.sep) for k in keys)
+    walk = Walk([tree])
+    assert [it.key for it in walk] == keys and walk.errors == seen
+    assert [it.key for it in walk] == keys and len(walk.errors) == 1  # a second pass
+    assert [it.key for it in iter_items([tree])] == keys  # no callback: as before

@@ -129,3 +129,14 @@ def make_hf_chinese_clip(folder: Path, seed: int = 0) -> Path:
     ChineseCLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
                               ).save_pretrained(folder)
     return folder
+
+
+def save_named_folder(dest: Path, seed: int, name: str = "mymodel", **preprocess) -> Path:
+    """A clipsift model folder called `name` with TinyViT weights drawn from `seed`: two
+    seeds give two different models with the same name (a retrained model)."""
+    from clipsift.models.folder import FolderConfig, PreprocessConfig, save_model_folder
+
+    module = make_openclip(TINY_VIT, seed=seed)
+    cfg = FolderConfig(name=name, model_cfg=dict(TINY_VIT),
+                       preprocess=PreprocessConfig(image_size=32, **preprocess))
+    return save_model_folder(module, cfg, dest)
