@@ -92,14 +92,22 @@ class Service:
         self.index_identity = file_identity(index.path) if index is not None else None
 
         self._metrics = metrics
+        self._faiss_threads_set = threading.local()
         self._start_batchers()
         if index is not None:
-            if settings.search_threads is not None:
-                import faiss
-
-                faiss.omp_set_num_threads(settings.search_threads)
+            self._faiss_threads()
             with self.index_lock:
                 index.vectors.refresh()  # build/load FAISS now, not on the first request
+
+    def _faiss_threads(self) -> None:
+        """Apply `search_threads` in the calling thread: OpenMP's thread count is a
+        per-thread setting, so the search worker must set it itself."""
+        n = self.settings.search_threads
+        if n is not None and not getattr(self._faiss_threads_set, "done", False):
+            import faiss
+
+            faiss.omp_set_num_threads(n)
+            self._faiss_threads_set.done = True
 
     def _start_batchers(self) -> None:
         s = self.settings
@@ -149,6 +157,7 @@ class Service:
 
     def _search_many(self, queries: list[tuple[np.ndarray, int]]) -> list[list[FoundItem]]:
         index = self.need_index()
+        self._faiss_threads()
         k_max = max(k for _, k in queries)
         matrix = np.stack([v for v, _ in queries]).astype(np.float32)  # [Q, D]
         with self.index_lock:
