@@ -8,6 +8,16 @@ import typer
 
 from clipsift.cli.common import ModelOpt
 
+HeaderTimeoutOpt = Annotated[float, typer.Option(
+    "--header-timeout", min=0.1, help="Seconds a connection has to send a complete "
+    "request head (line + headers); slower or silent connections are closed.")]
+BodyTimeoutOpt = Annotated[float, typer.Option(
+    "--body-timeout", min=0.1, help="Seconds a request body has to arrive (408 after).")]
+KeepAliveOpt = Annotated[float, typer.Option(
+    "--keep-alive", min=0.1, help="Seconds an idle keep-alive connection stays open.")]
+MaxConnectionsOpt = Annotated[int, typer.Option(
+    "--max-connections", min=1, help="Open connections before new requests get 503.")]
+
 
 def serve_cmd(
     index: Annotated[str | None, typer.Argument(
@@ -43,18 +53,10 @@ def serve_cmd(
         "cores; 1 suits a busy machine).")] = None,
     hide_paths: Annotated[bool, typer.Option(
         "--hide-paths", help="Show file names only, not server paths, in results.")] = False,
-    header_timeout: Annotated[float, typer.Option(
-        "--header-timeout", min=0.1, help="Seconds a connection has to send a complete "
-        "request head (line + headers); slower or silent connections are closed.")] = 10.0,
-    body_timeout: Annotated[float, typer.Option(
-        "--body-timeout", min=0.1, help="Seconds a request body has to arrive (408 "
-        "after).")] = 30.0,
-    keep_alive: Annotated[float, typer.Option(
-        "--keep-alive", min=0.1, help="Seconds an idle keep-alive connection stays "
-        "open.")] = 5.0,
-    max_connections: Annotated[int, typer.Option(
-        "--max-connections", min=1, help="Open connections before new requests get "
-        "503.")] = 512,
+    header_timeout: HeaderTimeoutOpt = 10.0,
+    body_timeout: BodyTimeoutOpt = 30.0,
+    keep_alive: KeepAliveOpt = 5.0,
+    max_connections: MaxConnectionsOpt = 512,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the API (/v1, docs at /docs) and a search page (/) with uvicorn.
