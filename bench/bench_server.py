@@ -215,13 +215,13 @@ def main() -> None:
           f"search threads {args.search_threads or 'default'}, load average before "
           f"{load_before[0]:.2f}")
     print(f"{'clients':>7} {'batching':<9}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}"
-          f"{'text b.':>8}{'search b.':>10}{'RSS MB':>15}")
+          f"{'text b.':>8}{'search b.':>10}  {'RSS MB start->end (peak)':>18}")
     for r in results:
         b = r["mean_batch"]
         rss = f"{r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} ({r['rss_mb_peak']:.0f})"
         print(f"{r['clients']:>7} {'on' if r['batching'] else 'off':<9}{r['rps']:>8.1f}"
               f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['errors']:>7}{b.get('text', 0):>8.1f}"
-              f"{b.get('search', 0):>10.1f}{rss:>15}")
+              f"{b.get('search', 0):>10.1f}  {rss:>18}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_info(), "env": env,
                                                "results": results}, indent=1) + "\n")
