@@ -153,8 +153,8 @@ def _embed_routes(router: APIRouter, models: S.RequestModels, settings: ServerSe
 async def _classify(svc: Service, image: bytes, labels: list[str], templates: list[str] | None,
                     template_set: str | None, top_k: int | None, name: str = "image"
                     ) -> S.ClassifyResponse:
+    vector = (await svc.embed_images([image], [name]))[0]  # a bad image fails first, fast
     weights = await svc.class_weights(labels, templates, template_set)
-    vector = (await svc.embed_images([image], [name]))[0]
     probs, cos = svc.probabilities(weights, vector)
     order = sorted(range(len(labels)), key=lambda i: -probs[i])[: top_k or len(labels)]
     return S.ClassifyResponse(model=svc.model.name, labels=[

@@ -3,7 +3,8 @@ schema-valid (positive) and schema-violating (negative) requests for every opera
 generated query-language strings for text search (`id:` with any digits, quotes, minus
 terms, weights, `image:`/`text:` terms). Every response must be documented, match its
 schema and content type, and never be a 5xx; schema violations must be refused.
-Bounded: `MAX_EXAMPLES` per operation and mode, derandomized, well under a minute."""
+Bounded and derandomized: `QUICK_EXAMPLES` per operation and mode in the default run,
+`MAX_EXAMPLES` in the slow run (`pytest -m slow`)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,16 @@ from schemathesis.checks import (  # noqa: E402
 from clipsift.server import ServerSettings, create_app  # noqa: E402
 from tests.support.serverkit import build_index  # noqa: E402
 
-MAX_EXAMPLES = 30
+QUICK_EXAMPLES = 30
+MAX_EXAMPLES = 100
+EXAMPLES = [QUICK_EXAMPLES, pytest.param(MAX_EXAMPLES, marks=pytest.mark.slow)]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
-FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+
+
+def fuzz_settings(examples: int) -> settings:
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,7 @@ def api_schema(photos, tmp_path_factory):
     path = build_index(photos, tmp_path_factory.mktemp("fuzz"), count=6)
     # schemathesis calls the app as host "testserver"; allow it next to loopback names
     app = create_app(path, "fake", ServerSettings(
-        allowed_hosts=("testserver", "127.0.0.1", "localhost"), request_timeout_s=20,
+        allowed_hosts=("testserver", "127.0.0.1", "localhost"), request_timeout_s=120,
         max_k=50))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     rejection = schema.config.checks.negative_data_rejection
@@ -57,14 +63,15 @@ def test_schema_lists_every_endpoint(api_schema):
     assert "GET /v1/thumbnail/{item_id}" in labels and "POST /v1/search/text" in labels
 
 
+@pytest.mark.parametrize("examples", EXAMPLES)
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_every_operation_conforms(api_schema, mode):
+def test_every_operation_conforms(api_schema, mode, examples):
     checks = CHECKS + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
     failures: list[str] = []
     for operation in _operations(api_schema):
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @FUZZ
+        @fuzz_settings(examples)
         def run(case):
             case.call_and_validate(checks=checks)
 
@@ -102,13 +109,13 @@ QUERIES = st.builds(
 )
 
 
-def test_query_language_never_fails_the_server(api_schema):
+@pytest.mark.parametrize("examples", [200, pytest.param(1000, marks=pytest.mark.slow)])
+def test_query_language_never_fails_the_server(api_schema, examples):
     operation = api_schema["/v1/search/text"]["POST"]
 
     @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
            query=QUERIES)
-    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @fuzz_settings(examples)
     def run(case, query):
         case.body = {**case.body, "query": query, "plain": False}
         response = case.call_and_validate(checks=CHECKS)
