@@ -1,16 +1,20 @@
-"""Server benchmark: text-search requests/s and latency with 16 concurrent clients on a
-100,000-vector index, micro-batching ON vs OFF in the same run.
+"""Server benchmark: text-search requests/s, latency and server memory with 16 and 32
+concurrent clients on a 100,000-vector index, micro-batching ON vs OFF in the same run.
 
 The index is a real clipsift store (SQLite catalog + float16 vectors) of synthetic unit
 vectors whose model is the deterministic `fake:DIM` embedder, so the text side costs
 almost nothing and the measurement is the server itself: HTTP + validation + batching +
 FAISS exact search (flat inner product; the library's path below 200k vectors) + catalog
-reads. For each mode a fresh `clipsift serve` process is started on 127.0.0.1; clients are
-threads of this process with keep-alive connections, posting distinct random queries.
+reads. For each (clients, mode) a fresh `clipsift serve` process is started on 127.0.0.1;
+clients are threads of this process with keep-alive connections, posting distinct random
+queries. The server's resident memory (VmRSS) is read from /proc after the warm-up and at
+the end, with its peak (VmHWM).
 
-    .venv/bin/python bench/bench_server.py --n 100000 --dim 512 --clients 16 --seconds 15
+    .venv/bin/python bench/bench_server.py --n 100000 --dim 512 --clients 16,32 \
+        --seconds 15 --search-threads 1 --json bench/results/server.json
 
-Prints a table and, with --json FILE, writes the numbers.
+Prints a table and, with --json FILE, writes the numbers with the machine (CPU model and
+flags, cores, load average before and after).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._common import load_avg, machine_info
 from clipsift.index.store import NewItem, Store
 
 WORDS = ["dog", "cat", "bird", "fish", "car", "tree", "house", "beach", "mountain", "sunset",
@@ -130,21 +135,32 @@ def batch_means(port: int) -> dict[str, float]:
     return out
 
 
-def run_mode(db: Path, args, batching: bool) -> dict:
-    log = Path(args.workdir) / f"server-{'on' if batching else 'off'}.log"
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak) of a process, in MB, from /proc."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+def run_mode(db: Path, args, clients: int, batching: bool) -> dict:
+    log = Path(args.workdir) / f"server-{clients}-{'on' if batching else 'off'}.log"
     t0 = time.perf_counter()
     proc, port = start_server(db, args, batching, log)
     startup = time.perf_counter() - t0
     stop, record = threading.Event(), threading.Event()
-    lat: list[list[float]] = [[] for _ in range(args.clients)]
+    lat: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     threads = [threading.Thread(target=client, args=(port, 1000 * i + batching, stop, record,
                                                       lat[i], errors, args.k))
-               for i in range(args.clients)]
+               for i in range(clients)]
     try:
         for t in threads:
             t.start()
         time.sleep(args.warmup)
+        rss_start = memory_mb(proc.pid)["VmRSS"]
         record.set()
         t_start = time.perf_counter()
         time.sleep(args.seconds)
@@ -154,21 +170,24 @@ def run_mode(db: Path, args, batching: bool) -> dict:
         for t in threads:
             t.join(60)
         means = batch_means(port)
+        mem = memory_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
     ms = np.asarray([x for xs in lat for x in xs]) * 1000
-    return {"batching": batching, "requests": len(ms), "errors": len(errors),
-            "rps": len(ms) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
-            "mean_batch": means, "startup_s": startup}
+    return {"clients": clients, "batching": batching, "requests": len(ms),
+            "errors": len(errors), "rps": len(ms) / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "mean_batch": means, "startup_s": startup,
+            "rss_mb_start": rss_start, "rss_mb_end": mem["VmRSS"], "rss_mb_peak": mem["VmHWM"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--clients", default="16,32", help="comma-separated client counts")
+    ap.add_argument("--modes", default="on,off", help="batching modes to run: on,off")
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--k", type=int, default=10)
@@ -183,24 +202,29 @@ def main() -> None:
     if not db.exists():
         print(f"building {db} ({args.n} vectors)...", flush=True)
         print(f"  built in {build_store(db, args.n, args.dim):.1f} s", flush=True)
-    load_before = os.getloadavg()
-    results = [run_mode(db, args, batching=True), run_mode(db, args, batching=False)]
+    load_before = load_avg()
+    runs = [(int(c), mode == "on") for c in args.clients.split(",")
+            for mode in args.modes.split(",")]
+    results = [run_mode(db, args, clients, batching) for clients, batching in runs]
     env = {"n": args.n, "dim": args.dim, "clients": args.clients, "seconds": args.seconds,
-           "k": args.k, "window_ms": args.window_ms, "cpus": os.cpu_count(),
-           "search_threads": args.search_threads,
-           "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-    print(f"\n{args.n} vectors x {args.dim} dims, {args.clients} clients, k={args.k}, "
-          f"{args.seconds:g} s per mode, search threads {args.search_threads or 'default'}, "
-          f"load average before {load_before[0]:.2f}")
-    print(f"{'batching':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'mean text batch':>17}{'mean search batch':>19}")
+           "warmup": args.warmup, "k": args.k, "window_ms": args.window_ms,
+           "search_threads": args.search_threads, "loadavg_before": load_before,
+           "loadavg_after": load_avg(),
+           "command": "python bench/bench_server.py " + " ".join(sys.argv[1:])}
+    print(f"\n{args.n} vectors x {args.dim} dims, k={args.k}, {args.seconds:g} s per run, "
+          f"search threads {args.search_threads or 'default'}, load average before "
+          f"{load_before[0]:.2f}")
+    print(f"{'clients':>7} {'batching':<9}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}"
+          f"{'text b.':>8}{'search b.':>10}  {'RSS MB start->end (peak)':>18}")
     for r in results:
         b = r["mean_batch"]
-        print(f"{'on' if r['batching'] else 'off':<10}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}"
-              f"{r['p99_ms']:>9.1f}{r['errors']:>8}{b.get('text', 0):>17.1f}"
-              f"{b.get('search', 0):>19.1f}")
+        rss = f"{r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} ({r['rss_mb_peak']:.0f})"
+        print(f"{r['clients']:>7} {'on' if r['batching'] else 'off':<9}{r['rps']:>8.1f}"
+              f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['errors']:>7}{b.get('text', 0):>8.1f}"
+              f"{b.get('search', 0):>10.1f}  {rss:>18}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine_info(), "env": env,
+                                               "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

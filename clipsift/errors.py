@@ -107,5 +107,9 @@ class Overloaded(ClipsiftError):
     """Too much work is queued; the client should retry later (HTTP 503)."""
 
 
+class QueryError(UsageError):
+    """A search query does not parse (bad syntax, a bad `id:` value); HTTP 422."""
+
+
 class FetchError(UsageError):
     """A URL could not be fetched (bad scheme, blocked address, too large, timeout...)."""

@@ -8,6 +8,16 @@ import typer
 
 from clipsift.cli.common import ModelOpt
 
+HeaderTimeoutOpt = Annotated[float, typer.Option(
+    "--header-timeout", min=0.1, help="Seconds a connection has to send a complete "
+    "request head (line + headers); slower or silent connections are closed.")]
+BodyTimeoutOpt = Annotated[float, typer.Option(
+    "--body-timeout", min=0.1, help="Seconds a request body has to arrive (408 after).")]
+KeepAliveOpt = Annotated[float, typer.Option(
+    "--keep-alive", min=0.1, help="Seconds an idle keep-alive connection stays open.")]
+MaxConnectionsOpt = Annotated[int, typer.Option(
+    "--max-connections", min=1, help="Open connections before new requests get 503.")]
+
 
 def serve_cmd(
     index: Annotated[str | None, typer.Argument(
@@ -43,6 +53,10 @@ def serve_cmd(
         "cores; 1 suits a busy machine).")] = None,
     hide_paths: Annotated[bool, typer.Option(
         "--hide-paths", help="Show file names only, not server paths, in results.")] = False,
+    header_timeout: HeaderTimeoutOpt = 10.0,
+    body_timeout: BodyTimeoutOpt = 30.0,
+    keep_alive: KeepAliveOpt = 5.0,
+    max_connections: MaxConnectionsOpt = 512,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the API (/v1, docs at /docs) and a search page (/) with uvicorn.
@@ -51,25 +65,27 @@ def serve_cmd(
     is set. Example: clipsift serve photos --model mini, then open http://127.0.0.1:8000
     """
     from clipsift.server.config import ServerSettings
-    from clipsift.server.security import check_bind
+    from clipsift.server.security import check_api_key, check_bind
 
-    check_bind(host, api_key)  # before loading anything
+    check_api_key(api_key)  # before loading anything
+    check_bind(host, api_key)
     upload = int(max_upload_mb * 1024 * 1024)
     settings = ServerSettings(
-        host=host, api_key=api_key or None, cors_origins=tuple(cors_origin or ()),
+        host=host, api_key=api_key, cors_origins=tuple(cors_origin or ()),
         allow_url_fetch=allow_url_fetch, batching=batching, batch_window_ms=batch_window_ms,
         max_batch=max_batch, request_timeout_s=timeout, max_image_bytes=upload,
         max_body_bytes=upload + 2 * 1024 * 1024, url_fetch_max_bytes=upload,
         hide_paths=hide_paths, search_threads=search_threads,
+        header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+        keep_alive_s=keep_alive, max_connections=max_connections,
     )
     _run(index, model, settings, port, log_level)
 
 
 def _run(index: str | None, model: str | None, settings, port: int, log_level: str) -> None:
-    import uvicorn
-
     from clipsift.cli.output import notice
     from clipsift.server.app import create_app
+    from clipsift.server.transport import serve
 
     app = create_app(index, model, settings)
     service = app.state.service
@@ -80,8 +96,7 @@ def _run(index: str | None, model: str | None, settings, port: int, log_level: s
     notice(f"clipsift: model {service.model.name}{items}; "
            f"open http://{shown}:{port}/ (API docs at /docs)"
            + ("; API key required" if settings.api_key else ""))
-    uvicorn.run(app, host=settings.host, port=port, log_level=log_level, server_header=False,
-                timeout_keep_alive=15, limit_concurrency=512, proxy_headers=False)
+    serve(app, settings, port, log_level)
 
 
 def register(app: typer.Typer) -> None:

@@ -146,28 +146,29 @@ class VectorIndex:
     def _build(self, kind: str, gen: int, n: int) -> None:
         import faiss
 
-        dim = self.store.meta.dim
-        if kind == "flat":
-            index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+        index = self._train_ivfpq(n) if kind == "ivfpq" else None
+        if index is None:  # flat wanted, or the store emptied while it was being read
+            index, kind = faiss.IndexIDMap(faiss.IndexFlatIP(self.store.meta.dim)), "flat"
             self._trained_on = 0
-        else:
-            index = self._train_ivfpq(n)
         for ids, vecs in self.store.iter_vectors():
             index.add_with_ids(vecs.astype(np.float32), ids)
         self._index, self._kind, self._gen, self.rebuilt = index, kind, gen, True
 
     def _train_ivfpq(self, n: int) -> Any:
+        """A trained, empty IVF-PQ index; None when the store holds under 2 vectors now
+        (items deleted since `n` was counted: the caller builds a flat index instead)."""
         import faiss
 
         cfg, dim = self.config, self.store.meta.dim
         nlist = cfg.nlist or auto_nlist(n)
         m = cfg.pq_m or auto_pq_m(dim)
         stride = max(1, n // cfg.max_train)
-        sample = [v for _, v in self.store.iter_vectors(stride=stride)]
-        train = np.concatenate(sample).astype(np.float32)[: cfg.max_train]  # [T, D]
+        train = _stack([v for _, v in self.store.iter_vectors(stride=stride)], dim)
+        train = train[: cfg.max_train]  # [T, D]
         if len(train) < nlist:  # ids with gaps: fall back to a prefix
-            train = np.concatenate([v for _, v in self.store.iter_vectors()]).astype(np.float32)
-            train = train[: cfg.max_train]
+            train = _stack([v for _, v in self.store.iter_vectors()], dim)[: cfg.max_train]
+        if len(train) < 2:
+            return None
         nlist = min(nlist, len(train))
         nbits = min(8, int(math.log2(len(train))))  # k-means needs >= 2**nbits points
         quantizer = faiss.IndexFlatIP(dim)
@@ -268,6 +269,8 @@ class VectorIndex:
         found, vecs = found[order], vecs[order].astype(np.float32)  # [U], [U, D]
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_i = np.full((len(q), k), -1, np.int64)
+        if not len(found):  # every candidate was deleted since the FAISS index was updated
+            return out_s, out_i
         for row in range(len(q)):
             ids = cand[row][cand[row] >= 0]
             pos = np.searchsorted(found, ids)
@@ -297,6 +300,13 @@ class VectorIndex:
             best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
             best_i = np.pad(best_i, ((0, 0), (0, pad)), constant_values=-1)
         return best_s, best_i
+
+
+def _stack(chunks: list[np.ndarray], dim: int) -> np.ndarray:
+    """Concatenate float16 vector chunks -> float32 [N, D]; [0, D] when there are none."""
+    if not chunks:
+        return np.zeros((0, dim), np.float32)
+    return np.concatenate(chunks).astype(np.float32)
 
 
 def _pad_scores(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

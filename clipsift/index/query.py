@@ -25,12 +25,14 @@ from typing import Literal
 
 import numpy as np
 
-from clipsift.errors import UsageError
+from clipsift.errors import QueryError, UsageError
 
 TermKind = Literal["text", "image", "id"]
 _KINDS: dict[str, TermKind] = {"text": "text", "image": "image", "img": "image", "id": "id"}
 _WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*:\s*")
 _KIND = re.compile(r"^(text|image|img|id):", re.IGNORECASE)
+_ITEM_ID = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²" and "٣"
+MAX_ITEM_ID = 2**63 - 1  # SQLite's INTEGER (rowid) range
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,9 @@ def _split_signed(text: str) -> list[tuple[int, str]]:
             continue
         buf += ch
     if quoted:
-        raise UsageError(f"unbalanced double quote in query {text!r}")
+        raise QueryError(f"unbalanced double quote in query {text!r}")
     if not buf.strip():
-        raise UsageError(f"query {text!r} ends with an operator or is empty; add a term")
+        raise QueryError(f"query {text!r} ends with an operator or is empty; add a term")
     segments.append((sign, buf))
     return segments
 
@@ -129,24 +131,36 @@ def _parse_term(segment: str, sign: int) -> Term:
         seg = seg[m.end():].strip()
     value = " ".join(seg.replace('"', " ").split()) if kind == "text" else seg.strip('"').strip()
     if not value:
-        raise UsageError(f"empty term {segment.strip()!r} in query")
-    if kind == "id" and not value.isdigit():
-        raise UsageError(f"id term needs a number (an item id from search results), got {value!r}")
+        raise QueryError(f"empty term {segment.strip()!r} in query")
+    if kind == "id":
+        check_item_id(value)
     return Term(value, sign * weight, kind)
+
+
+def check_item_id(value: str) -> int:
+    """The item id an `id:` term names: ASCII digits within SQLite's integer range.
+
+    Raises:
+        QueryError: anything else (letters, "²", "٣", a 19-digit number over 2**63 - 1).
+    """
+    if not _ITEM_ID.fullmatch(value) or int(value) > MAX_ITEM_ID:
+        raise QueryError(f"id term needs a number (an item id from search results, ASCII "
+                         f"digits up to {MAX_ITEM_ID}), got {value!r}")
+    return int(value)
 
 
 def parse_query(text: str) -> Query:
     """Parse a query string (see the module docstring for the syntax).
 
     Raises:
-        UsageError: empty query, unbalanced quote, empty term, or a bad `id:` value.
+        QueryError: empty query, unbalanced quote, empty term, or a bad `id:` value.
 
     Example:
         >>> parse_query('"beach" - "people"').terms
         (Term(value='beach', weight=1.0, kind='text'), Term(value='people', weight=-1.0, ...))
     """
     if not text or not text.strip():
-        raise UsageError("empty query; give some text, e.g. 'a dog on a beach'")
+        raise QueryError("empty query; give some text, e.g. 'a dog on a beach'")
     return Query(tuple(_parse_term(seg, sign) for sign, seg in _split_signed(text)))
 
 

@@ -4,9 +4,11 @@
     >>> app = create_app("photos.db", model="mini", settings=ServerSettings())
 
 Modules: `app` (factory, error mapping, middleware order), `routes` (/v1 endpoints),
-`schemas` (pydantic request/response models), `service` (model + index behind
-micro-batchers), `batcher` (micro-batching), `security` (API key, Host check, bind rule),
-`limits` (body size, timeouts), `metrics` (Prometheus), `thumbs`, `fetch`, `config`.
+`schemas` (pydantic request/response models, bound to a server's limits), `service`
+(model + index behind micro-batchers), `batcher` (micro-batching, two lanes), `texts`
+(text cache, token budget), `health` (/v1/health checks), `security` (API key, Host
+check, bind rule), `limits` (body size, timeouts), `transport` (uvicorn with request-head
+and body deadlines), `metrics` (Prometheus), `thumbs`, `fetch`, `config`.
 FastAPI is imported only when `create_app` is used.
 """
 

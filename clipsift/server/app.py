@@ -2,18 +2,20 @@
 
     >>> from clipsift.server import create_app, ServerSettings
     >>> app = create_app("photos.db", "mini", ServerSettings())
-    >>> # uvicorn.run(app, host="127.0.0.1", port=8000)   # what `clipsift serve` does
+    >>> # clipsift.server.transport.serve(app, settings, port=8000)   # `clipsift serve`
 
 Layers, outermost first: metrics, Host check (loopback names unless an API key is set),
-CORS (listed origins only), body limit (413), timeout (504), then FastAPI with the /v1
-router (API key checked on every route), /metrics, the web page at / and OpenAPI at /docs.
-Library errors become JSON `{"error", "detail"}` with a 4xx status, never a 500.
+CORS (listed origins only), API key (401 before any body is read), body limit (413, 408),
+timeout (504), then FastAPI with the /v1 router, /metrics, the web page at / and OpenAPI
+at /docs. Library errors become JSON `{"error", "detail"}` with a 4xx status (503 when the
+index cannot be read), never a 500.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from clipsift import __version__
 from clipsift.errors import (
@@ -32,15 +35,15 @@ from clipsift.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    QueryError,
     UsageError,
 )
-from clipsift.server.config import ServerSettings
+from clipsift.server.config import SCHEMA_MAX_CAPTIONS, ServerSettings
 from clipsift.server.limits import BodyLimitMiddleware, TimeoutMiddleware
 from clipsift.server.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from clipsift.server.schemas import ErrorResponse
 from clipsift.server.security import (
-    ApiKeyCheck,
-    AuthError,
+    ApiKeyMiddleware,
     HostCheckMiddleware,
     api_key_scheme,
     default_allowed_hosts,
@@ -61,8 +64,15 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-_ERROR_RESPONSES: dict = {code: {"model": ErrorResponse} for code in
-                          (400, 401, 404, 413, 422, 503, 504)}
+_MAX_FORM_PART = 64 * 1024  # one text field of a multipart form (a caption is <= 16 KB)
+
+
+def _error_responses(settings: ServerSettings) -> dict:
+    """The error statuses every /v1 route may answer (401 only when a key is set)."""
+    codes = [400, 404, 408, 413, 422, 503, 504]
+    if settings.api_key is not None:
+        codes.append(401)
+    return {code: {"model": ErrorResponse} for code in sorted(codes)}
 
 
 def _open(index_path: str | os.PathLike | None, model: ClipModel | str | None
@@ -108,21 +118,24 @@ def create_app(index_path: str | os.PathLike | None, model: ClipModel | str | No
         description="Search, embed and classify images with a CLIP-family model. "
         "Safe by default: loopback only unless an API key is set; no URL fetching unless "
         "enabled; every request validated and size-limited.",
+        form_limits={"max_fields": SCHEMA_MAX_CAPTIONS + 16, "max_files": settings.max_images,
+                     "max_part_size": _MAX_FORM_PART},
     )
     app.state.service = service
     app.state.metrics = metrics
-    auth = ApiKeyCheck(settings.api_key)
-    _add_routes(app, auth, metrics)
+    _add_routes(app, settings, metrics)
     _add_error_handlers(app)
     _add_middleware(app, settings, metrics)
     return app
 
 
-def _add_routes(app: FastAPI, auth: ApiKeyCheck, metrics: Metrics) -> None:
-    from clipsift.server.routes import router
+def _add_routes(app: FastAPI, settings: ServerSettings, metrics: Metrics) -> None:
+    from clipsift.server.routes import build_router
 
-    deps = [Depends(api_key_scheme), Depends(auth)]
-    app.include_router(router, dependencies=deps, responses=_ERROR_RESPONSES)
+    # the key is checked by ApiKeyMiddleware; this only declares it in the OpenAPI document
+    deps = [Depends(api_key_scheme)] if settings.api_key is not None else []
+    app.include_router(build_router(settings), dependencies=deps,
+                       responses=_error_responses(settings))
 
     @app.get("/metrics", include_in_schema=False, dependencies=deps)
     async def prometheus_metrics() -> Response:
@@ -142,23 +155,37 @@ def _error(status: int, code: str, detail: str, headers: dict | None = None,
 
 
 _STATUS = (  # most specific first
-    (AuthError, 401, "unauthorized"),
     (NotFound, 404, "not_found"),
     (PayloadTooLarge, 413, "payload_too_large"),
     (ImageError, 422, "bad_image"),
     (Overloaded, 503, "overloaded"),
+    (QueryError, 422, "invalid_query"),
     (UsageError, 400, "bad_request"),
     (ClipsiftError, 400, "bad_request"),
 )
+
+
+def _body_error(exc: StarletteHTTPException) -> tuple[int, str, str] | None:
+    """The documented status of a body the parsers refused (FastAPI/Starlette say 400)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, MultiPartException):
+        message = cause.message
+        if message.startswith("Too many") or "exceeded maximum size" in message:
+            return 413, "payload_too_large", f"multipart form over a limit: {message}"
+        return 422, "invalid_request", f"malformed multipart form: {message}"
+    if isinstance(cause, UnicodeDecodeError):
+        return 422, "invalid_request", f"the request body is not valid UTF-8 ({cause.reason} " \
+                                       f"at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return 422, "invalid_request", "the JSON body is nested too deeply"
+    return None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def library_error(_request: Request, exc: Exception) -> JSONResponse:
         for cls, status, code in _STATUS:
             if isinstance(exc, cls):
-                headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-                if status == 503:
-                    headers = {"Retry-After": "1"}
+                headers = {"Retry-After": "1"} if status == 503 else None
                 return _error(status, code, str(exc), headers)
         return _error(400, "bad_request", str(exc))
 
@@ -173,24 +200,34 @@ def _add_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 304:
             return Response(status_code=304, headers=exc.headers)
+        if exc.status_code == 400 and (known := _body_error(exc)) is not None:
+            return _error(*known)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail), exc.headers)
+
+    async def index_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("index not readable on %s %s: %s", request.method, request.url.path, exc)
+        return _error(503, "index_unavailable", f"the index cannot be read ({exc}); see "
+                      "/v1/health and the server log", {"Retry-After": "5"})
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error(500, "internal", "internal server error; see the server log")
 
-    for cls in (AuthError, ClipsiftError):
-        app.add_exception_handler(cls, library_error)
+    app.add_exception_handler(ClipsiftError, library_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(sqlite3.Error, index_error)
     app.add_exception_handler(Exception, internal_error)
 
 
 def _add_middleware(app: FastAPI, settings: ServerSettings, metrics: Metrics) -> None:
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       read_timeout=settings.body_timeout_s)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -50,6 +50,17 @@ class ServerSettings:
         search_threads: FAISS (OpenMP) threads for index searches, process-wide; None keeps
             FAISS's default (all cores). 1 avoids OpenMP oversubscription on a busy
             machine; batched searches are efficient on one thread.
+        max_request_tokens: most text tokens one request may ask to embed (captions, texts,
+            label prompts; a long text costs all its tokens), so one request cannot hold the
+            model for long; more gets 413.
+        text_cache_bytes: memory for cached text embeddings (repeated captions, labels and
+            queries are not encoded again); 0 turns the cache off.
+        header_timeout_s: a connection must deliver a complete request head within this
+            (idle new connections and slow-header clients are closed; `clipsift serve`).
+        body_timeout_s: a request body must arrive within this once its head is in (408).
+        keep_alive_s: an idle keep-alive connection is closed after this.
+        max_connections: open connections (and requests in progress) before new requests
+            get 503 (uvicorn's `limit_concurrency`).
     """
 
     host: str = "127.0.0.1"
@@ -76,13 +87,18 @@ class ServerSettings:
     thumbnail_cache: int = 512
     decode_concurrency: int = 4
     search_threads: int | None = None
+    max_request_tokens: int = 150_000
+    text_cache_bytes: int = 64 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512
 
     def __post_init__(self) -> None:
-        from clipsift.server.security import check_bind
+        from clipsift.server.security import check_api_key, check_bind
 
+        check_api_key(self.api_key)
         check_bind(self.host, self.api_key)  # the same rule for the CLI and for Python use
-        if self.api_key is not None and len(self.api_key) < 8:
-            raise UsageError("the API key must be at least 8 characters long")
         if "*" in self.cors_origins:
             raise UsageError("CORS origin '*' is refused: list the exact origins "
                              "(e.g. --cors-origin https://app.example.com)")
@@ -90,15 +106,25 @@ class ServerSettings:
             if not origin.startswith(("http://", "https://")) or origin.endswith("/"):
                 raise UsageError(f"bad CORS origin {origin!r}: give scheme://host[:port], "
                                  "no trailing slash, e.g. http://localhost:3000")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
         positive = ("max_batch", "max_queue", "max_body_bytes", "max_image_bytes",
                     "max_pixels", "max_k", "max_texts", "max_images", "max_prompts",
-                    "decode_concurrency")
+                    "decode_concurrency", "max_request_tokens", "max_connections")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.search_threads is not None and self.search_threads < 1:
             raise UsageError(f"search_threads must be at least 1, got {self.search_threads}")
-        if self.batch_window_ms < 0 or self.request_timeout_s <= 0:
-            raise UsageError("batch_window_ms must be >= 0 and request_timeout_s > 0")
-        if self.max_k > SCHEMA_MAX_K:
-            raise UsageError(f"max_k is at most {SCHEMA_MAX_K}, got {self.max_k}")
+        if self.batch_window_ms < 0 or self.text_cache_bytes < 0:
+            raise UsageError("batch_window_ms and text_cache_bytes must be >= 0")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s",
+                     "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{name} must be over 0 seconds, got {getattr(self, name)}")
+        caps = (("max_k", SCHEMA_MAX_K), ("max_texts", SCHEMA_MAX_TEXTS),
+                ("max_images", SCHEMA_MAX_IMAGES))
+        for name, cap in caps:
+            if getattr(self, name) > cap:
+                raise UsageError(f"{name} is at most {cap}, got {getattr(self, name)}")

@@ -2,8 +2,11 @@
 
 `BodyLimitMiddleware` rejects a declared Content-Length over the cap at once (413) and
 reads a streamed (chunked) body only up to the cap before answering 413; the app then
-sees the buffered body, so no handler ever starts on an oversized request.
+sees the buffered body, so no handler ever starts on an oversized request. A body that
+takes longer than `read_timeout` to arrive gets 408; a client that disconnects mid-body
+gets nothing (the handler never sees a truncated body).
 `TimeoutMiddleware` answers 504 when the app has not started its response in time.
+Deadlines for the request head and for idle connections live in `transport` (uvicorn).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _too_large(limit: int) -> dict:
 class BodyLimitMiddleware:
     """Cap request bodies at `max_bytes` (413) and their upload time at `read_timeout` (408)."""
 
-    def __init__(self, app: Any, max_bytes: int, read_timeout: float = 60.0) -> None:
+    def __init__(self, app: Any, max_bytes: int, read_timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
@@ -64,19 +67,23 @@ class BodyLimitMiddleware:
                                         "detail": "the request body took too long to arrive"},
                             [(b"connection", b"close")])
             return
+        if body is _GONE:
+            return  # the client left mid-body: nobody to answer
         if body is None:
             await send_json(send, 413, _too_large(self.max_bytes), [(b"connection", b"close")])
             return
+        assert isinstance(body, bytes)
         await self.app(scope, _replay(body, receive), send)
 
-    async def _read(self, receive: Any) -> bytes | None:
-        """The whole body, or None once it passes the cap (the rest is not read)."""
+    async def _read(self, receive: Any) -> bytes | object | None:
+        """The whole body, None once it passes the cap (the rest is not read), or `_GONE`
+        when the client disconnects before the end."""
         chunks: list[bytes] = []
         total = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"".join(chunks)
+                return _GONE
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_bytes:
@@ -84,6 +91,9 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+_GONE = object()  # the client disconnected mid-body
 
 
 def _replay(body: bytes, receive: Any) -> Any:

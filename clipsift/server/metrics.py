@@ -71,7 +71,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status = 499  # no response: the client went away first (nginx's code for it)
         start = time.perf_counter()
 
         async def tracking_send(message: dict) -> None:
@@ -83,6 +83,9 @@ class MetricsMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, tracking_send)
+        except BaseException:
+            status = 500
+            raise
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")

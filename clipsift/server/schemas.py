@@ -1,17 +1,31 @@
 """Request and response models of the HTTP API (pydantic); they are the OpenAPI schema.
 
 Every request body is validated against these before any handler runs: unknown fields,
-wrong types, out-of-range numbers and oversized lists get a 422 naming the field. The caps
-here are hard upper bounds; a server's `ServerSettings` may set lower ones (checked in the
-handlers, 400/413).
+wrong types, out-of-range numbers and oversized lists get a 422 naming the field. Types
+are strict: `"k": "5"`, `"k": true` and `"plain": "yes"` are refused, not coerced. Numbers
+in paths, query strings and form fields must be plain ASCII digits (`1_0`, `٣`, ` 5` are
+refused). `request_models(settings)` binds the limits a server runs with (k, texts per
+request, images per request) into the models, so the OpenAPI document states the limits
+the server applies.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    model_validator,
+)
 
+from clipsift.index.query import MAX_ITEM_ID
 from clipsift.server.config import (
     SCHEMA_MAX_CAPTIONS,
     SCHEMA_MAX_IMAGES,
@@ -21,7 +35,30 @@ from clipsift.server.config import (
     SCHEMA_MAX_TEMPLATES,
     SCHEMA_MAX_TEXT_CHARS,
     SCHEMA_MAX_TEXTS,
+    ServerSettings,
 )
+
+_ASCII_INT = re.compile(r"[0-9]{1,19}")
+_ASCII_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+
+
+def _ascii_int(value: Any) -> Any:
+    """Path/query/form numbers arrive as text: accept plain ASCII digits only."""
+    if isinstance(value, str) and not _ASCII_INT.fullmatch(value):
+        raise ValueError("expected a whole number written with ASCII digits 0-9")
+    return value
+
+
+def _ascii_float(value: Any) -> Any:
+    """A form number (e.g. a threshold): ASCII decimal notation only (no nan, inf, 1_0)."""
+    if isinstance(value, str) and not _ASCII_FLOAT.fullmatch(value):
+        raise ValueError("expected a decimal number such as 0.25")
+    return value
+
+
+#: put after `Path(...)`, `Query(...)` or `Form(...)` in `Annotated[int, ...]`
+AsciiInt = BeforeValidator(_ascii_int)
+AsciiFloat = BeforeValidator(_ascii_float)
 
 
 def _clean_text(value: str) -> str:
@@ -49,7 +86,7 @@ TemplateSet = Literal["simple", "imagenet80"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---- inputs -----------------------------------------------------------------------------
@@ -101,7 +138,7 @@ class ImageSearchRequest(_Strict):
 
 
 class ItemSearchRequest(_Strict):
-    id: int = Field(ge=1, le=2**62, description="An item id from earlier results.")
+    id: int = Field(ge=1, le=MAX_ITEM_ID, description="An item id from earlier results.")
     k: K = 20
     threshold: Threshold = None
     include_self: bool = Field(False, description="Keep the item itself in the results.")
@@ -178,6 +215,8 @@ class IndexOut(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
+    checks: dict[str, str] = Field(description='Each part of the server ("model", '
+                                   '"index", "batcher:text"...) and "ok".')
     version: str
     model: str
     dim: int
@@ -192,3 +231,50 @@ class HealthResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="A short machine-readable code.")
     detail: str = Field(description="What went wrong and how to fix it.")
+
+
+class UnhealthyResponse(ErrorResponse):
+    status: Literal["down"]
+    checks: dict[str, str] = Field(description='Each part of the server and "ok" or why '
+                                   "it is down.")
+
+
+# ---- the limits of one server -----------------------------------------------------------
+@dataclass(frozen=True)
+class RequestModels:
+    """The request models of one app, with its settings' limits bound in."""
+
+    embed_texts: type[EmbedTextsRequest]
+    embed_images: type[EmbedImagesRequest]
+    classify: type[ClassifyRequest]
+    text_search: type[TextSearchRequest]
+    image_search: type[ImageSearchRequest]
+    item_search: type[ItemSearchRequest]
+    captions: type[CaptionsRequest]
+
+
+def request_models(settings: ServerSettings) -> RequestModels:
+    """Subclasses of the request models whose k / texts / images limits are the server's.
+
+    Args:
+        settings: the server's settings (their limits are at most the SCHEMA_MAX_* caps).
+    Returns:
+        The models the routes validate against (and the OpenAPI document shows).
+    """
+    k_field = Annotated[int, Field(ge=1, le=settings.max_k,
+                                   description="How many results to return.")]
+
+    def bound(base: type[BaseModel], **fields: Any) -> Any:
+        return create_model(base.__name__, __base__=base, __doc__=base.__doc__, **fields)
+
+    return RequestModels(
+        embed_texts=bound(EmbedTextsRequest, texts=(
+            list[Text], Field(min_length=1, max_length=settings.max_texts))),
+        embed_images=bound(EmbedImagesRequest, images=(
+            list[ImageInput], Field(min_length=1, max_length=settings.max_images))),
+        classify=ClassifyRequest,
+        text_search=bound(TextSearchRequest, k=(k_field, 20)),
+        image_search=bound(ImageSearchRequest, k=(k_field, 20)),
+        item_search=bound(ItemSearchRequest, k=(k_field, 20)),
+        captions=bound(CaptionsRequest, k=(k_field, 5)),
+    )

@@ -1,7 +1,10 @@
 """Safe defaults: loopback binding, API key checks, Host header checks, CORS.
 
-- `check_bind` refuses to bind a non-loopback address without an API key.
-- `ApiKeyCheck` compares the key in constant time (`hmac.compare_digest`).
+- `check_bind` refuses to bind a non-loopback address without an API key; `check_api_key`
+  refuses keys that are empty after stripping whitespace, edged with whitespace, or short.
+- `ApiKeyMiddleware` checks the key on /v1 and /metrics before anything reads the request
+  body (so an unauthenticated client cannot make the server parse a 20 MB upload), in
+  constant time (`hmac.compare_digest`) on the raw header bytes.
 - `HostCheckMiddleware` accepts only loopback Host names when the server has no key, so
   a web page on another site cannot reach the server through DNS rebinding.
 - CORS is added only for origins listed by the operator, never "*".
@@ -11,14 +14,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import Request
 from fastapi.security import APIKeyHeader
 
 from clipsift.errors import UsageError
+from clipsift.server.limits import send_json
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 API_KEY_HEADER = "X-API-Key"
@@ -39,13 +41,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_api_key(api_key: str | None) -> None:
+    """Refuse keys that would not protect anything or could never match a request.
+
+    Raises:
+        UsageError: the key is empty after stripping whitespace, starts or ends with
+            whitespace (HTTP strips it from header values), or is under 8 characters.
+    """
+    if api_key is None:
+        return
+    if not api_key.strip():
+        raise UsageError("the API key is empty (or only whitespace): give a real key with "
+                         "--api-key KEY or CLIPSIFT_API_KEY=KEY, or leave both unset to "
+                         "serve on loopback without a key")
+    if api_key != api_key.strip():
+        raise UsageError("the API key starts or ends with whitespace, which HTTP header "
+                         "values cannot carry (no request could match it); remove it")
+    if len(api_key) < 8:
+        raise UsageError("the API key must be at least 8 characters long")
+
+
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to serve on a non-loopback address without an API key.
 
     Raises:
-        UsageError: `host` is not loopback and `api_key` is empty.
+        UsageError: `host` is not loopback and `api_key` is empty (or only whitespace).
     """
-    if is_loopback(host) or api_key:
+    if is_loopback(host) or (api_key and api_key.strip()):
         return
     raise UsageError(
         f"refusing to bind {host!r} without an API key: anyone on the network could use "
@@ -54,28 +76,65 @@ def check_bind(host: str, api_key: str | None) -> None:
     )
 
 
-class AuthError(Exception):
-    """Missing or wrong API key (mapped to 401)."""
+def key_error(headers: Iterable[tuple[bytes, bytes]], key: bytes) -> str | None:
+    """Why a request's raw headers do not carry `key` (None when they do).
+
+    The key comes in `X-API-Key: KEY` or `Authorization: Bearer KEY`; compared in constant
+    time on the bytes as sent.
+    """
+    given: bytes | None = None
+    bearer: bytes | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"x-api-key":
+            given = value.strip()
+        elif lname == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                bearer = token.strip()
+    given = given if given is not None else bearer
+    if not given:
+        return f"missing API key: send it in the {API_KEY_HEADER} header"
+    if not hmac.compare_digest(given, key):
+        return "wrong API key"
+    return None
 
 
-class ApiKeyCheck:
-    """FastAPI dependency: passes when no key is configured or the request carries it."""
+class ApiKeyMiddleware:
+    """Answer 401 to /v1 and /metrics requests without the key, before the body is read
+    (pure ASGI; the static page, /docs and /openapi.json stay public)."""
 
-    def __init__(self, api_key: str | None) -> None:
-        self._key = api_key.encode("utf-8") if api_key else None
+    def __init__(self, app: Any, api_key: str,
+                 protected: tuple[str, ...] = ("/v1/", "/metrics")) -> None:
+        self.app = app
+        self.key = api_key.encode("utf-8")
+        self.protected = protected
 
-    def __call__(self, request: Request) -> None:
-        if self._key is None:
+    def _guarded(self, path: str) -> bool:
+        return any(path == p.rstrip("/") or path.startswith(p) for p in self.protected)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self._guarded(scope["path"]):
+            await self.app(scope, receive, send)
             return
-        given = request.headers.get(API_KEY_HEADER)
-        if given is None:
-            auth = request.headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
-        if not given:
-            raise AuthError(f"missing API key: send it in the {API_KEY_HEADER} header")
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._key):
-            raise AuthError("wrong API key")
+        headers = scope.get("headers") or []
+        error = key_error(headers, self.key)
+        if error is None:
+            await self.app(scope, receive, send)
+            return
+        extra = [(b"www-authenticate", b"ApiKey")]
+        if _has_body(headers):  # do not take in the upload of a client we will not serve
+            extra.append((b"connection", b"close"))
+        await send_json(send, 401, {"error": "unauthorized", "detail": error}, extra)
+
+
+def _has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"transfer-encoding" or (lname == b"content-length"
+                                             and value.strip() not in (b"", b"0")):
+            return True
+    return False
 
 
 def host_name(header: str) -> str:
@@ -112,13 +171,9 @@ class HostCheckMiddleware:
         if host in self.allowed:
             await self.app(scope, receive, send)
             return
-        body = json.dumps({
+        await send_json(send, 400, {
             "error": "bad_host",
             "detail": "Host header not allowed; this server answers to "
                       f"{', '.join(sorted(self.allowed))} (start it with --api-key to "
                       "accept other names)",
-        }).encode()
-        await send({"type": "http.response.start", "status": 400,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        })

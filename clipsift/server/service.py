@@ -1,12 +1,14 @@
 """What the HTTP handlers call: one model and one (optional) index behind micro-batchers.
 
 Three batchers do the heavy work, each in its own thread:
-    text    texts -> one `encode_texts` forward pass
+    text    texts -> one `encode_texts` forward pass (through `texts.TextEncoder`: cache,
+            token budget per request, long lists in the background lane)
     image   preprocessed pixels -> one `encode_pixels` forward pass
     search  query vectors -> one FAISS search over the index (+ one catalog read)
 Image decoding runs in worker threads, a few at a time (`decode_concurrency`), before
 the pixels join a batch, so a bad upload fails alone. All index/store access holds
-`index_lock` (one SQLite connection and one FAISS index are shared).
+`index_lock` (one SQLite connection and one FAISS index are shared). `health()` checks
+every part (`health.check_service`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from clipsift.inputs.keys import key_name, printable
 from clipsift.models.base import l2_normalize
 from clipsift.server.batcher import MicroBatcher
 from clipsift.server.config import ServerSettings
+from clipsift.server.health import HealthReport, check_service, file_identity
+from clipsift.server.texts import TextEncoder
 from clipsift.server.thumbs import LRU, Thumbnails
 from clipsift.zeroshot.templates import check_template, named_templates
 
@@ -83,16 +87,26 @@ class Service:
         self.decode_limiter = anyio.CapacityLimiter(settings.decode_concurrency)
         self.thumbs = Thumbnails(settings.thumbnail_cache, settings.max_pixels)
         self._class_weights: LRU[tuple, np.ndarray] = LRU(64)
+        self.text_encoder = TextEncoder(model, settings)
+        self.index_identity = file_identity(index.path) if index is not None else None
 
         self._metrics = metrics
+        self._faiss_threads_set = threading.local()
         self._start_batchers()
         if index is not None:
-            if settings.search_threads is not None:
-                import faiss
-
-                faiss.omp_set_num_threads(settings.search_threads)
+            self._faiss_threads()
             with self.index_lock:
                 index.vectors.refresh()  # build/load FAISS now, not on the first request
+
+    def _faiss_threads(self) -> None:
+        """Apply `search_threads` in the calling thread: OpenMP's thread count is a
+        per-thread setting, so the search worker must set it itself."""
+        n = self.settings.search_threads
+        if n is not None and not getattr(self._faiss_threads_set, "done", False):
+            import faiss
+
+            faiss.omp_set_num_threads(n)
+            self._faiss_threads_set.done = True
 
     def _start_batchers(self) -> None:
         s = self.settings
@@ -114,10 +128,17 @@ class Service:
 
     def stop(self) -> None:
         """Stop the batcher threads (queued work finishes first); `start` restarts them."""
-        for b in (self.texts, self.images, self.searches):
-            if b is not None:
-                b.close()
+        for b in self.batchers():
+            b.close()
         self.running = False
+
+    def batchers(self) -> list[MicroBatcher]:
+        """The batchers this service runs (text, image, and search with an index)."""
+        return [b for b in (self.texts, self.images, self.searches) if b is not None]
+
+    def health(self) -> HealthReport:
+        """Check the model, every batcher thread and the index (blocking: run in a thread)."""
+        return check_service(self)
 
     def close(self) -> None:
         """Stop the batchers and close the index."""
@@ -135,6 +156,7 @@ class Service:
 
     def _search_many(self, queries: list[tuple[np.ndarray, int]]) -> list[list[FoundItem]]:
         index = self.need_index()
+        self._faiss_threads()
         k_max = max(k for _, k in queries)
         matrix = np.stack([v for v, _ in queries]).astype(np.float32)  # [Q, D]
         with self.index_lock:
@@ -153,7 +175,7 @@ class Service:
         if len(texts) > self.settings.max_texts:
             raise PayloadTooLarge(f"{len(texts)} texts in one request; this server takes at "
                                   f"most {self.settings.max_texts}")
-        return np.stack(await self.texts.submit(list(texts)))
+        return await self.text_encoder.encode(list(texts), self.texts)
 
     async def embed_images(self, images: Sequence[bytes], names: Sequence[str] | None = None
                            ) -> np.ndarray:
@@ -330,10 +352,9 @@ class Service:
         return weights
 
     async def _embed_all(self, texts: list[str]) -> np.ndarray:
-        """Embed more texts than one request may carry (label prompts), in chunks."""
-        step = self.settings.max_texts
-        parts = [await self.embed_texts(texts[i : i + step]) for i in range(0, len(texts), step)]
-        return np.concatenate(parts)
+        """Embed more texts than /embed/texts takes (label prompts, captions): the token
+        budget still applies; long lists run in the batcher's background lane."""
+        return await self.text_encoder.encode(texts, self.texts)
 
     def probabilities(self, weights: np.ndarray, vector: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:

@@ -27,11 +27,17 @@ V = TypeVar("V")
 
 
 class LRU(Generic[K, V]):
-    """A small thread-safe least-recently-used map."""
+    """A small thread-safe least-recently-used map.
 
-    def __init__(self, capacity: int) -> None:
+    `capacity` counts entries, or, with `weigh`, the sum of `weigh(value)` (e.g. bytes);
+    an entry heavier than the whole capacity is not kept.
+    """
+
+    def __init__(self, capacity: int, weigh: Callable[[V], int] | None = None) -> None:
         self.capacity = max(1, capacity)
+        self._weigh = weigh or (lambda _value: 1)
         self._data: OrderedDict[K, V] = OrderedDict()
+        self._weight = 0
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -42,11 +48,23 @@ class LRU(Generic[K, V]):
             return self._data[key]
 
     def put(self, key: K, value: V) -> None:
+        weight = self._weigh(value)
         with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._weight -= self._weigh(old)
+            if weight > self.capacity:
+                return
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
+            self._weight += weight
+            while self._weight > self.capacity:
+                _, dropped = self._data.popitem(last=False)
+                self._weight -= self._weigh(dropped)
+
+    @property
+    def weight(self) -> int:
+        """Entries held, or their total weight with `weigh`."""
+        return self._weight
 
     def __len__(self) -> int:
         return len(self._data)

@@ -78,8 +78,8 @@ def test_text_search_threshold_and_k(client):
     kept = ok(client.post("/v1/search/text", json={"query": "fish", "k": 50,
                                                    "threshold": cut}))["hits"]
     assert [h["id"] for h in kept] == [h["id"] for h in all_hits[:5]]
-    over = client.post("/v1/search/text", json={"query": "fish", "k": 51})
-    assert over.status_code == 400 and "limit of 50" in over.json()["detail"]
+    over = client.post("/v1/search/text", json={"query": "fish", "k": 51})  # the schema
+    assert over.status_code == 422 and "less than or equal to 50" in over.json()["detail"]
     for bad in (0, -1, 10**6, "many", None):
         assert client.post("/v1/search/text", json={"query": "x", "k": bad}).status_code == 422
 
@@ -91,7 +91,7 @@ def test_query_language(client):
     assert by_id[0]["id"] == 1 and by_id[0]["score"] == pytest.approx(1.0, abs=1e-2)
     plain = ok(client.post("/v1/search/text", json={"query": '5" screen', "plain": True}))
     assert plain["hits"]
-    cases = {'"unbalanced': 400, "image:/etc/passwd": 400, "img:x.jpg - a": 400,
+    cases = {'"unbalanced': 422, "image:/etc/passwd": 400, "img:x.jpg - a": 400,
              "id:999999": 404, '"a" - "a"': 400, "99999999:a": 400}
     for query, status in cases.items():
         resp = client.post("/v1/search/text", json={"query": query})
@@ -139,8 +139,8 @@ def test_embed_texts_match_the_library(client):
     assert (out["model"], out["dim"]) == ("fake", 64)
     expected = FakeModel().encode_texts(["a red car", "a dog"])
     assert np.allclose(np.asarray(out["embeddings"]), expected, atol=1e-5)
-    too_many = client.post("/v1/embed/texts", json={"texts": ["x"] * 9})
-    assert too_many.status_code == 413 and "at most 8" in too_many.json()["detail"]
+    too_many = client.post("/v1/embed/texts", json={"texts": ["x"] * 9})  # the schema
+    assert too_many.status_code == 422 and "at most 8 items" in too_many.json()["detail"]
     assert client.post("/v1/embed/texts", json={"texts": ["x"] * 300}).status_code == 422
     assert client.post("/v1/embed/texts", json={"texts": []}).status_code == 422
 

@@ -35,12 +35,16 @@ async function api(path, options) {
   }
   if (resp.ok) return resp;
   let detail = resp.statusText || "request failed";
+  let code = "";
   try {
     const body = await resp.json();
     detail = body.detail || detail;
+    code = body.error || "";
   } catch (err) { /* not JSON */ }
   if (resp.status === 401) showAuth();
-  throw new ApiError(resp.status, detail);
+  const error = new ApiError(resp.status, detail);
+  error.code = code;
+  throw error;
 }
 
 async function postJson(path, body) {
@@ -61,7 +65,9 @@ async function postForm(path, form) {
 function showError(err) {
   let text = err && err.message ? err.message : String(err);
   if (err instanceof ApiError) {
-    if (err.status === 422 || err.status === 413) text = "That image could not be used: " + text;
+    if (err.code === "invalid_query") text = "The query could not be read: " + text;
+    else if (err.status === 422 || err.status === 413) text = "That image could not be used: " + text;
+    else if (err.code === "unhealthy") text = "The server is not working: " + text;
     else if (err.status === 503 || err.status === 504) text = "The server is busy: " + text;
   }
   $("error-text").textContent = text;
