@@ -45,6 +45,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(p)!r} is empty (0 bytes); download it again")
     if p.suffix == ".safetensors":
         sd = _load_safetensors(p)
     elif is_torchscript_archive(p):
@@ -56,11 +58,19 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def is_torchscript_archive(path: str | Path) -> bool:
     """True for a TorchScript zip (it holds a `code/` folder or `constants.pkl`)."""
-    if not zipfile.is_zipfile(path):
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
         return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
     return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
+
+
+def _damaged(path: Path, what: str, ex: BaseException) -> CheckpointError:
+    """The error for a file that is cut short or corrupted (one line, with the cause)."""
+    cause = (str(ex).strip().splitlines() or [type(ex).__name__])[0][:200]
+    return CheckpointError(f"cannot read {what} {str(path)!r}: the file is damaged or truncated "
+                           f"({type(ex).__name__}: {cause}); download it again")
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -72,7 +82,19 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read safetensors file {str(path)!r}: {ex}") from ex
 
 
+#: How a torch.save file starts: a zip archive (torch >= 1.6) or a pickle (protocol 2+).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 def _torch_load_weights_only(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(
+            f"{str(path)!r} is not a checkpoint file (not safetensors, not a PyTorch zip or "
+            "pickle file); check the path, or download the weights again")
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise _damaged(path, "checkpoint", zipfile.BadZipFile("no zip central directory"))
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as ex:
@@ -81,8 +103,8 @@ def _torch_load_weights_only(path: Path) -> Any:
             f"would run code from the file ({str(ex).splitlines()[0]}). If you trust it, "
             "convert it to .safetensors first."
         ) from ex
-    except Exception as ex:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {ex}") from ex
+    except Exception as ex:  # torch raises RuntimeError/EOFError/... for broken files
+        raise _damaged(path, "checkpoint", ex) from ex
 
 
 def _clean(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -113,6 +135,10 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, 
     return storage.as_strided(tuple(size), tuple(stride), offset)
 
 
+class _Refused(pickle.UnpicklingError):
+    """A global the restricted unpickler does not allow (possible code execution)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str) -> None:
         super().__init__(io.BytesIO(data))
@@ -134,7 +160,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return list
         if module == "torch.jit._pickle" and name == "restore_type_tag":
             return lambda value, _tag: value
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a weights file")
+        raise _Refused(f"global {module}.{name} is not allowed in a weights file")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
         _tag, dtype, key, _location, _numel = pid
@@ -146,18 +172,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def load_torchscript_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Extract parameters and buffers of a TorchScript archive without running it."""
-    with zipfile.ZipFile(path) as zf:
-        data_pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not data_pkl:
-            raise CheckpointError(f"{str(path)!r} is a zip but not a TorchScript archive")
-        prefix = data_pkl[0][: -len("data.pkl")]
-        try:
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as zf:
+            data_pkl = [n for n in zf.namelist()
+                        if n.endswith("/data.pkl") and n.count("/") == 1]
+            if not data_pkl:
+                raise CheckpointError(f"{str(p)!r} is a zip but not a TorchScript archive "
+                                      "(no data.pkl); check the path")
+            prefix = data_pkl[0][: -len("data.pkl")]
             root = _RestrictedUnpickler(zf.read(data_pkl[0]), zf, prefix).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as ex:
-            raise CheckpointError(
-                f"refused to load TorchScript archive {str(path)!r}: {ex}") from ex
-    out: dict[str, torch.Tensor] = {}
-    _collect(root, "", out)
+            out: dict[str, torch.Tensor] = {}
+            _collect(root, "", out)
+    except _Refused as ex:
+        raise CheckpointError(f"refused to load TorchScript archive {str(p)!r}: {ex}") from ex
+    except CheckpointError:
+        raise
+    except Exception as ex:  # bad CRC, short records, truncated pickles, wrong shapes...
+        raise _damaged(p, "TorchScript archive", ex) from ex
     return out
 
 
