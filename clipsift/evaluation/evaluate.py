@@ -20,7 +20,13 @@ import numpy as np
 
 from clipsift.errors import UsageError
 from clipsift.evaluation.datasets import Dataset, DatasetEmbeddings
-from clipsift.zeroshot.templates import TEMPLATE_SETS, named_templates
+from clipsift.zeroshot.classes import pool, prompts_for
+from clipsift.zeroshot.templates import (
+    TEMPLATE_SETS,
+    has_placeholder,
+    named_templates,
+    parse_template,
+)
 
 DEFAULT_PROMPTS = ("{}", "a photo of a {}.", "imagenet80")
 #: Single templates tried by the prompt search (besides the named sets and the user's).
@@ -57,48 +63,46 @@ class PromptSet:
     @classmethod
     def from_templates(cls, name: str, templates: Sequence[str], classes: Sequence[str]
                        ) -> PromptSet:
-        prompts = tuple(tuple(t.format(c) for t in templates) for c in classes)
-        return cls(name, prompts, tuple(templates))
-
-
-def _check_template(t: str) -> str:
-    if t.count("{}") != 1 or "{" in t.replace("{}", "") or "}" in t.replace("{}", ""):
-        raise UsageError(f"prompt template {t!r} must contain '{{}}' exactly once (where the "
-                         "class name goes) and no other braces, e.g. 'a photo of a {}.'")
-    return t
+        """Every class in every template (validated; `{}` or `{c}` marks the class)."""
+        canonical = tuple(parse_template(t) for t in templates)
+        flat = prompts_for(classes, canonical)  # class-major
+        n = len(canonical)
+        prompts = tuple(tuple(flat[i * n : (i + 1) * n]) for i in range(len(classes)))
+        return cls(name, prompts, canonical)
 
 
 def parse_prompts(spec: str, classes: Sequence[str]) -> PromptSet:
     """One `--prompts` value -> a PromptSet.
 
-    `spec` is a named template set (imagenet80, simple), a file, or a template with `{}`.
-    A file holds either templates (every line has `{}`: one ensemble) or one full prompt per
-    class in class order (like a Roboflow `_tokenization.txt`).
+    `spec` is a named template set (imagenet80, simple), a file, or a template with `{}`
+    (or CLIP_benchmark's `{c}`). A file holds either templates (every line has a
+    placeholder: one ensemble; CLIP_benchmark template files work as they are) or one full
+    prompt per class in class order (like a Roboflow `_tokenization.txt`).
 
     Raises:
-        UsageError: not a set, file or template; or a file that fits neither form.
+        UsageError: not a set, file or template; a malformed template; or a file that fits
+            neither form.
     """
     if spec in TEMPLATE_SETS:
         return PromptSet.from_templates(spec, named_templates(spec), classes)
     path = Path(spec).expanduser()
-    if "{}" not in spec and path.is_file():
+    if not has_placeholder(spec) and path.is_file():
         try:
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()
                      if ln.strip() and not ln.lstrip().startswith("#")]
         except (OSError, UnicodeDecodeError) as ex:
             raise UsageError(f"cannot read prompt file {spec!r}: {ex}") from ex
-        if lines and all("{}" in ln for ln in lines):
-            return PromptSet.from_templates(path.name, [_check_template(t) for t in lines],
-                                            classes)
-        if len(lines) == len(classes) and not any("{}" in ln for ln in lines):
+        if lines and all(has_placeholder(ln) for ln in lines):
+            return PromptSet.from_templates(path.name, lines, classes)
+        if len(lines) == len(classes) and not any(has_placeholder(ln) for ln in lines):
             return PromptSet(path.name, tuple((ln,) for ln in lines))
         raise UsageError(
             f"prompt file {spec!r} has {len(lines)} line(s): give either templates with '{{}}' "
             f"on every line, or exactly one prompt per class ({len(classes)}) in class order")
-    if "{}" not in spec:
+    if not has_placeholder(spec):
         raise UsageError(f"--prompts {spec!r} is not a template with '{{}}', a prompt file, or "
                          f"a named set ({', '.join(TEMPLATE_SETS)})")
-    return PromptSet.from_templates(spec, [_check_template(spec)], classes)
+    return PromptSet.from_templates(spec, [spec], classes)
 
 
 def prompt_sets_for(dataset: Dataset, specs: Sequence[str] | None) -> list[PromptSet]:
@@ -121,14 +125,17 @@ class TextBank:
         self._vecs: dict[str, np.ndarray] = {}
 
     def class_weights(self, ps: PromptSet) -> np.ndarray:
-        """float32 [C, D]: per class, the renormalised mean of its unit prompt embeddings."""
-        from clipsift.models.base import l2_normalize
-
-        todo = list(dict.fromkeys(p for ps_c in ps.prompts for p in ps_c if p not in self._vecs))
+        """float32 [C, D]: per class, the renormalised mean of its unit prompt embeddings
+        (`clipsift.zeroshot.classes.pool`, as classify and the server compute them)."""
+        flat = [p for cls in ps.prompts for p in cls]
+        todo = [p for p in dict.fromkeys(flat) if p not in self._vecs]
         if todo:
             self._vecs.update(zip(todo, self.model.encode_texts(todo), strict=True))
-        means = [np.mean([self._vecs[p] for p in cls], axis=0) for cls in ps.prompts]
-        return l2_normalize(np.stack(means).astype(np.float32))
+        sizes = {len(cls) for cls in ps.prompts}
+        if len(sizes) == 1:
+            return pool(np.stack([self._vecs[p] for p in flat]), len(ps.prompts), sizes.pop())
+        return np.concatenate([pool(np.stack([self._vecs[p] for p in cls]), 1, len(cls))
+                               for cls in ps.prompts])
 
 
 # ---- metrics --------------------------------------------------------------------------------
