@@ -179,10 +179,11 @@ def load_file(arch: str, path: str, device: str = "cpu") -> OpenClipModel:
     p = Path(path).expanduser()
     if not p.is_file():
         raise resolve.Lookup(f"{arch}:{path}", [str(p)]).fail("the file does not exist")
-    if checkpoints.is_torchscript_archive(p):
-        model_cfg["quick_gelu"] = True  # OpenAI's released models all use QuickGELU
+    ckpt = checkpoints.read_checkpoint(p)
+    if ckpt.quick_gelu is not None:  # the activation the file's weights were trained with
+        model_cfg["quick_gelu"] = ckpt.quick_gelu
     module = build_module(model_cfg)
-    load_weights(module, checkpoints.load_state_dict(p), str(p))
+    load_weights(module, ckpt.state_dict, str(p))
     pre = preprocess_cfg_from_module(module)
     pre.image_size = _visual_size(module)
     return _finish(module, f"{arch}:{p}", arch, model_cfg, pre, device)

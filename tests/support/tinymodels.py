@@ -22,6 +22,13 @@ TINY_RN = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     "quick_gelu": True,
 }
+# OpenAI's shape rules (64-wide heads), so open_clip's `build_model_from_openai_state_dict`
+# rebuilds exactly this model from its weights; no quick_gelu, like open_clip's ViT-B-32.json.
+TINY_OPENAI = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
 
 
 def write_arch_configs(folder: Path) -> Path:
@@ -30,6 +37,9 @@ def write_arch_configs(folder: Path) -> Path:
     (folder / "TinyViT.json").write_text(json.dumps(TINY_VIT))
     (folder / "TinyViT-quickgelu.json").write_text(json.dumps({**TINY_VIT, "quick_gelu": True}))
     (folder / "TinyRN.json").write_text(json.dumps(TINY_RN))
+    (folder / "TinyOpenAI.json").write_text(json.dumps(TINY_OPENAI))
+    (folder / "TinyOpenAI-quickgelu.json").write_text(json.dumps({**TINY_OPENAI,
+                                                                 "quick_gelu": True}))
     return folder
 
 
@@ -62,6 +72,23 @@ def save_openclip_formats(model: torch.nn.Module, folder: Path, stem: str) -> di
                out["wrapped"])
     save_file({k: v.clone() for k, v in sd.items()}, str(out["safetensors"]))
     torch.jit.script(model).save(str(out["torchscript"]))
+    torch.save({**sd, "input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
+                "vocab_size": torch.tensor(49408)}, out["openai_sd"])
+    return out
+
+
+def save_openai_formats(folder: Path, seed: int = 5) -> dict[str, Path]:
+    """A TinyOpenAI QuickGELU model as OpenAI releases weights: half-precision linear and
+    conv weights (OpenAI's `convert_weights`), saved as a TorchScript archive and as that
+    archive's plain state dict (with OpenAI's input_resolution/context_length/vocab_size)."""
+    from open_clip.model import convert_weights_to_lp
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = make_openclip({**TINY_OPENAI, "quick_gelu": True}, seed=seed)
+    convert_weights_to_lp(model, torch.float16)
+    out = {"torchscript": folder / "tinyopenai-jit.pt", "openai_sd": folder / "tinyopenai-sd.pt"}
+    torch.jit.script(model).save(str(out["torchscript"]))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     torch.save({**sd, "input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
                 "vocab_size": torch.tensor(49408)}, out["openai_sd"])
     return out
