@@ -106,6 +106,8 @@ def _load_name(name: str, device: str) -> ClipModel:
         model = openclip_loader.load_hub(name[len("hf-hub:"):], device)
     elif _looks_like_path(name) and is_model_folder(name):
         model = openclip_loader.load_folder(name, device)
+    elif _looks_like_path(name) and (Path(name).expanduser() / "open_clip_config.json").is_file():
+        model = openclip_loader.load_hub(name, device)
     elif _looks_like_path(name) and hf_backend.is_hf_folder(name):
         model = hf_backend.HFClipModel(name, name, device)
     else:
