@@ -39,7 +39,7 @@ def _hub_folder(folder: Path, tokenizer_name: str) -> Path:
 
     model_cfg = {**TINY_VIT, "text_cfg": {
         "context_length": 16, "vocab_size": 5 + len(WORDS), "width": 32, "heads": 2,
-        "layers": 2, "hf_tokenizer_name": tokenizer_name, "pool_type": "eos", "eos_id": 3}}
+        "layers": 2, "hf_tokenizer_name": tokenizer_name}}
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(11)
     model = open_clip.CLIP(**model_cfg).eval()
@@ -88,6 +88,16 @@ def _cache_repo(cache: Path, repo_id: str, files: Path) -> None:
     shutil.copytree(files, entry / "snapshots" / commit)
 
 
+def _use_hf_cache(monkeypatch, cache: Path) -> None:
+    """Point huggingface_hub at `cache` (it reads HF_HUB_CACHE once, at import)."""
+    import sys
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    for name, module in list(sys.modules.items()):
+        if name.startswith("huggingface_hub") and hasattr(module, "HF_HUB_CACHE"):
+            monkeypatch.setattr(module, "HF_HUB_CACHE", str(cache))
+
+
 def test_hub_repo_from_the_cache_uses_its_hub_tokenizer(tmp_path, monkeypatch):
     """`hf-hub:ORG/NAME` whose config names another hub repo as tokenizer, both cached."""
     tok = _tokenizer_folder(tmp_path / "tok")
@@ -95,8 +105,7 @@ def test_hub_repo_from_the_cache_uses_its_hub_tokenizer(tmp_path, monkeypatch):
     cache = tmp_path / "hf-cache"
     _cache_repo(cache, "someorg/tiny-clip", model_dir)
     _cache_repo(cache, "someorg/tiny-wordpiece", tok)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    _use_hf_cache(monkeypatch, cache)
     monkeypatch.setenv("CLIPSIFT_OFFLINE", "1")
     m = clipsift.load("hf-hub:someorg/tiny-clip")
     np.testing.assert_allclose(m.encode_texts(TEXTS), _reference(model_dir, tok), atol=1e-5)

@@ -106,13 +106,13 @@ def make_hf_clip(folder: Path, seed: int = 0) -> Path:
     )
 
     torch.manual_seed(seed)
-    cfg = CLIPConfig(
+    cfg = CLIPConfig(  # sub-configs as dicts: what transformers 4.x and 5.x both accept
         text_config=CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                    num_attention_heads=4, max_position_embeddings=77,
-                                   vocab_size=49408, projection_dim=24),
+                                   vocab_size=49408, projection_dim=24).to_dict(),
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                        num_attention_heads=4, image_size=30, patch_size=2,
-                                       projection_dim=24),
+                                       projection_dim=24).to_dict(),
         projection_dim=24,
     )
     CLIPModel(cfg).eval().save_pretrained(folder)
@@ -145,10 +145,12 @@ def make_hf_chinese_clip(folder: Path, seed: int = 0) -> Path:
     cfg = ChineseCLIPConfig(
         text_config=ChineseCLIPTextConfig(vocab_size=len(vocab), hidden_size=32,
                                           num_hidden_layers=2, num_attention_heads=4,
-                                          intermediate_size=37, max_position_embeddings=64),
+                                          intermediate_size=37, max_position_embeddings=64
+                                          ).to_dict(),
         vision_config=ChineseCLIPVisionConfig(hidden_size=32, intermediate_size=37,
                                               num_hidden_layers=2, num_attention_heads=4,
-                                              image_size=30, patch_size=2, projection_dim=24),
+                                              image_size=30, patch_size=2, projection_dim=24
+                                              ).to_dict(),
         projection_dim=24,
     )
     ChineseCLIPModel(cfg).eval().save_pretrained(folder)
