@@ -11,7 +11,7 @@ import torch
 
 from clipsift.errors import CheckpointError, UnknownModel
 from clipsift.models import checkpoints, resolve
-from clipsift.models.folder import WEIGHTS_NAME, PreprocessConfig, read_folder_config
+from clipsift.models.folder import HUB_CONFIG, WEIGHTS_NAME, PreprocessConfig, read_folder_config
 from clipsift.models.openclip_backend import (
     OpenClipModel,
     make_transform,
@@ -22,7 +22,6 @@ from clipsift.models.tokenizers import make_tokenizer
 #: Weight files of an open_clip hub repo (or a local copy of one), preferred first.
 HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                "open_clip_pytorch_model.bin")
-HUB_CONFIG = "open_clip_config.json"
 
 
 def _quiet_open_clip() -> None:
@@ -52,22 +51,23 @@ def known_archs() -> list[str]:
     return open_clip.list_models()
 
 
-def check_arch(arch: str) -> dict[str, Any]:
-    """The open_clip config of `arch`, or UnknownModel listing close names."""
-    import difflib
-
+def is_arch(arch: str) -> bool:
+    """True when `arch` names an open_clip architecture (built in or user-registered)."""
     import open_clip
 
     register_user_configs()
-    cfg = open_clip.get_model_config(arch)
-    if cfg is None:
-        close = difflib.get_close_matches(arch, known_archs(), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownModel(
-            f"unknown open_clip architecture {arch!r}.{hint} "
-            "Run `clipsift models` to list architectures and pretrained tags."
-        )
-    return copy.deepcopy(cfg)
+    return open_clip.get_model_config(arch) is not None
+
+
+def check_arch(arch: str) -> dict[str, Any]:
+    """The open_clip config of `arch`, or UnknownModel suggesting close names."""
+    import open_clip
+
+    if not is_arch(arch):
+        from clipsift.models.registry import unknown_model
+
+        raise unknown_model(arch, "open_clip architecture")
+    return copy.deepcopy(open_clip.get_model_config(arch))
 
 
 def build_module(model_cfg: dict[str, Any]) -> torch.nn.Module:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from clipsift.errors import UsageError
 from clipsift.models import resolve
 
 #: Files a Hugging Face tokenizer is made of (no weights).
@@ -43,9 +44,12 @@ def make_tokenizer(model_cfg: dict[str, Any], lookup: resolve.Lookup, *, arch: s
     kwargs = dict(text.get("tokenizer_kwargs") or {})
     hf_name = text.get("hf_tokenizer_name") or ""
     if hf_name:
-        source = _tokenizer_source(hf_name, folder, lookup)
-        return HFTokenizer(source, context_length=ctx, tokenizer_mode=text.get("tokenizer_mode"),
-                           **kwargs)
+        if text.get("tokenizer_mode"):  # open_clip >= 3.0 only
+            kwargs["tokenizer_mode"] = text["tokenizer_mode"]
+        tokenizer = HFTokenizer(_tokenizer_source(hf_name, folder, lookup), context_length=ctx,
+                                **kwargs)
+        _check_hf_tokenizer(tokenizer, hf_name)
+        return tokenizer
     if arch:
         return open_clip.get_tokenizer(arch, context_length=ctx)
     return SimpleTokenizer(context_length=ctx, **kwargs)
@@ -62,3 +66,18 @@ def _tokenizer_source(name: str, folder: str | Path | None, lookup: resolve.Look
         raise lookup.fail(f"the tokenizer folder {name} named by the model config does not "
                           "exist")
     return resolve.hf_snapshot(name, lookup, patterns=TOKENIZER_PATTERNS)
+
+
+def _check_hf_tokenizer(tokenizer: Any, name: str) -> None:
+    """Tokenize once now: open_clip < 3.3 calls `batch_encode_plus`, which transformers 5
+    removed, and that must be a clear error at load time, not a crash mid-run."""
+    try:
+        tokenizer(["a photo"])
+    except AttributeError as ex:
+        import open_clip
+        import transformers
+
+        raise UsageError(
+            f"the tokenizer {name!r} cannot run with open_clip {open_clip.__version__} and "
+            f"transformers {transformers.__version__} ({ex}); upgrade open_clip_torch to 3.3 "
+            "or later, or use transformers 4.x") from ex

@@ -52,11 +52,14 @@ def _hub_folder(folder: Path, tokenizer_name: str) -> Path:
 
 
 def _reference(model_dir: Path, tokenizer_dir: Path) -> np.ndarray:
-    """open_clip's own loading of the folder, with the HF tokenizer the config names."""
+    """open_clip's own model from the folder's config and weights, with the HF tokenizer the
+    config names (open_clip's `local-dir:` would look for the tokenizer in the folder)."""
     import open_clip
     from open_clip.tokenizer import HFTokenizer
 
-    model = open_clip.create_model(f"local-dir:{model_dir}").eval()
+    cfg = json.loads((model_dir / "open_clip_config.json").read_text())["model_cfg"]
+    model = open_clip.CLIP(**cfg).eval()
+    open_clip.load_checkpoint(model, str(model_dir / "open_clip_model.safetensors"))
     tokens = HFTokenizer(str(tokenizer_dir), context_length=16)(TEXTS)
     with torch.no_grad():
         return torch.nn.functional.normalize(model.encode_text(tokens), dim=-1).numpy()
@@ -69,7 +72,19 @@ def local_hub(tmp_path_factory):
     return _hub_folder(root / "model", str(tok)), tok
 
 
-def test_local_hub_folder_uses_the_named_tokenizer(local_hub):
+@pytest.fixture(scope="module")
+def reference_runs(local_hub):
+    """open_clip's HFTokenizer works with the installed transformers (open_clip < 3.3 does
+    not with transformers 5: see the last test)."""
+    from open_clip.tokenizer import HFTokenizer
+
+    try:
+        HFTokenizer(str(local_hub[1]), context_length=16)(["a"])
+    except AttributeError as ex:
+        pytest.skip(f"open_clip's HFTokenizer cannot run here: {ex}")
+
+
+def test_local_hub_folder_uses_the_named_tokenizer(local_hub, reference_runs):
     model_dir, tok = local_hub
     want = _reference(model_dir, tok)
     for name in (f"hf-hub:{model_dir}", str(model_dir)):
@@ -98,7 +113,7 @@ def _use_hf_cache(monkeypatch, cache: Path) -> None:
             monkeypatch.setattr(module, "HF_HUB_CACHE", str(cache))
 
 
-def test_hub_repo_from_the_cache_uses_its_hub_tokenizer(tmp_path, monkeypatch):
+def test_hub_repo_from_the_cache_uses_its_hub_tokenizer(tmp_path, monkeypatch, reference_runs):
     """`hf-hub:ORG/NAME` whose config names another hub repo as tokenizer, both cached."""
     tok = _tokenizer_folder(tmp_path / "tok")
     model_dir = _hub_folder(tmp_path / "model", "someorg/tiny-wordpiece")
@@ -118,3 +133,17 @@ def test_missing_local_tokenizer_is_model_not_available(tmp_path):
     model_dir = _hub_folder(tmp_path / "model", str(tmp_path / "no-such-tokenizer"))
     with pytest.raises(ModelNotAvailable, match="no-such-tokenizer"):
         clipsift.load(f"hf-hub:{model_dir}")
+
+
+def test_old_open_clip_with_new_transformers_is_a_clear_error(local_hub, monkeypatch):
+    """open_clip < 3.3's HFTokenizer calls `batch_encode_plus`, gone in transformers 5."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from clipsift.errors import UsageError
+
+    def old_call(self, texts, context_length=None):
+        return self.tokenizer.batch_encode_plus_removed(texts)
+
+    monkeypatch.setattr(HFTokenizer, "__call__", old_call)
+    with pytest.raises(UsageError, match=r"upgrade open_clip_torch to 3\.3"):
+        clipsift.load(f"hf-hub:{local_hub[0]}")

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from clipsift.models.fake import FakeModel
 from clipsift.server import ServerSettings, create_app
+from tests.support.fake_model import FakeModel
 from tests.support.serverkit import LOOPBACK, build_index, jpeg_bytes
 
 

@@ -155,6 +155,6 @@ def make_hf_chinese_clip(folder: Path, seed: int = 0) -> Path:
     )
     ChineseCLIPModel(cfg).eval().save_pretrained(folder)
     BertTokenizer(str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
-    ChineseCLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
-                              ).save_pretrained(folder)
+    square = {"height": 30, "width": 30}  # the layout transformers 4.x and 5.x both read
+    ChineseCLIPImageProcessor(size=square, crop_size=square).save_pretrained(folder)
     return folder
