@@ -77,7 +77,8 @@ def evaluate_cmd(
     import json
 
     from clipsift.evaluation.datasets import EmbeddingCache, default_cache_path, load_dataset
-    from clipsift.evaluation.evaluate import EvalOptions, evaluate, prompt_sets_for
+    from clipsift.evaluation.evaluate import EvalOptions, evaluate
+    from clipsift.evaluation.prompts import prompt_sets_for
 
     ds = load_dataset(dataset, class_names=class_names, split=split, max_per_class=per_class)
     prompt_sets_for(ds, prompts)  # bad templates or prompt files fail before any embedding

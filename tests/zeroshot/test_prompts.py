@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 import clipsift
 from clipsift.cli.main import main
 from clipsift.errors import UsageError
-from clipsift.evaluation.evaluate import PromptSet, TextBank, parse_prompts
+from clipsift.evaluation.prompts import PromptSet, TextBank, parse_prompts
 from clipsift.server import ServerSettings, create_app
 from clipsift.zeroshot.classes import class_embeddings, pool, prompts_for
 from clipsift.zeroshot.classifier import ZeroShotClassifier
