@@ -93,6 +93,8 @@ def register(name: str, loader: Loader, description: str = "") -> None:
         raise UsageError(f"cannot register model name {name!r}: use letters, digits, '-', "
                          "'_' and '.'")
     with _LOCK:
+        if name in _TABLE and not _TABLE[name].named:
+            raise UsageError(f"cannot register model name {name!r}: it is a built-in kind")
         _TABLE[name] = _Entry(loader, True, description)
 
 
@@ -132,8 +134,9 @@ def parse_name(name: str) -> ModelRef:
     entry = _TABLE.get(head)
     if entry is not None and entry.named:
         return ModelRef(text, head, rest)
-    if sep and not _pathlike(head):
-        kind = "arch-file" if _pathlike(rest) or rest.endswith(CHECKPOINT_SUFFIXES) else "arch-tag"
+    if sep and not _path_shaped(head):
+        kind = "arch-file" if _path_shaped(rest) or rest.endswith(CHECKPOINT_SUFFIXES) \
+            else "arch-tag"
         return ModelRef(text, kind, rest, arch=head)
     if _pathlike(text):
         return _parse_path(text)
@@ -214,8 +217,12 @@ def _import_plugin(entry: str) -> None:
 
 
 # ---- parsing helpers -----------------------------------------------------------------------
+def _path_shaped(text: str) -> bool:
+    return os.sep in text or text.startswith((".", "~"))
+
+
 def _pathlike(text: str) -> bool:
-    return os.sep in text or text.startswith((".", "~")) or Path(text).exists()
+    return _path_shaped(text) or Path(text).exists()
 
 
 def _parse_path(text: str) -> ModelRef:

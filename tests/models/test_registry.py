@@ -39,7 +39,7 @@ def folders(tmp_path):
     return out
 
 
-def test_names_parse_into_typed_refs(folders, tmp_path):
+def test_names_parse_into_typed_refs(folders, tmp_path, monkeypatch):
     cases = {
         "mini": ModelRef("mini", "mini"),
         "hf:openai/clip-vit-base-patch32": ModelRef(
@@ -59,6 +59,8 @@ def test_names_parse_into_typed_refs(folders, tmp_path):
     }
     for kind, path in folders.items():
         cases[str(path)] = ModelRef(str(path), kind, str(path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai").mkdir()  # a folder named like a tag does not make it a path
     for name, want in cases.items():
         assert parse_name(name) == want, name
     with pytest.raises(ModelNotAvailable, match="no such file"):
@@ -110,6 +112,8 @@ def test_register_a_model_in_process():
         clipsift.load("unit-test-model")
     with pytest.raises(UsageError, match="cannot register"):
         register("bad name!", loader)
+    with pytest.raises(UsageError, match="built-in kind"):
+        register("folder", loader)
 
 
 def test_fake_is_not_part_of_the_package(monkeypatch):
