@@ -307,7 +307,7 @@ def _load_word(ref: ModelRef, device: str) -> ClipModel:
     raise unknown_model(ref.name)
 
 
-register("mini", _load_mini, "the small model bundled with clipsift (offline)")
+register("mini", _load_mini, "the small model bundled with clipsift, works offline")
 register("hf", _load_hf, "hf:ORG/NAME or hf:/folder: Hugging Face CLIPModel / ChineseCLIPModel")
 register("hf-hub", _load_hub, "hf-hub:ORG/NAME or hf-hub:/folder: an open_clip hub repo")
 for _kind, _loader in (("arch-tag", _load_tag), ("arch-file", _load_file),
