@@ -25,6 +25,9 @@ import threading
 import time
 from pathlib import Path
 
+#: The deterministic `fake` model is a test plugin; children load it via CLIPSIFT_PLUGINS.
+FAKE_PLUGIN = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_model.py"
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -150,7 +153,8 @@ def main() -> int:
             res["index_ips"] = clipsift_index(name, folder, tmp_path / "speed.db")
             res["index_vs_naive"] = res["index_ips"] / res["naive_loop_ips"]
             res["index_vs_embed"] = res["index_ips"] / res["embed_ips"]
-        env = {**os.environ, "CLIPSIFT_INDEX_DIR": str(tmp_path / "idx")}
+        env = {**os.environ, "CLIPSIFT_INDEX_DIR": str(tmp_path / "idx"),
+               "CLIPSIFT_PLUGINS": str(FAKE_PLUGIN)}  # registers the `fake` model
         cli = [sys.executable, "-m", "clipsift", "index", "--model", "fake", "--quiet"]
         for n, src in ((len(photos), folder), (args.mem_n, tmp_path / "many")):
             if n != len(photos):

@@ -37,6 +37,9 @@ import numpy as np
 from bench._common import load_avg, machine_info
 from clipsift.index.store import NewItem, Store
 
+#: The deterministic `fake` model is a test plugin; the server loads it via CLIPSIFT_PLUGINS.
+FAKE_PLUGIN = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_model.py"
+
 WORDS = ["dog", "cat", "bird", "fish", "car", "tree", "house", "beach", "mountain", "sunset",
          "river", "city", "street", "night", "snow", "forest", "flower", "red", "blue",
          "green", "yellow", "old", "small", "big", "running", "sleeping", "people", "boat",
@@ -77,7 +80,8 @@ def start_server(db: Path, args, batching: bool, log: Path) -> tuple[subprocess.
            "--batching" if batching else "--no-batching"]
     if args.search_threads:
         cmd += ["--search-threads", str(args.search_threads)]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    env = {**os.environ, "CLIPSIFT_PLUGINS": str(FAKE_PLUGIN)}  # registers `fake:DIM`
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import tinymodels
+from clipsift.models.registry import PLUGINS_ENV
+from tests.support import fake_model, tinymodels
 from tests.support.helpers import extract_photos
 
 SHARED = tinymodels.SHARED
+
+# The deterministic `fake` model is a plugin (tests/support/fake_model.py): registered here by
+# the import above, and named by file in $CLIPSIFT_PLUGINS so that subprocesses (the CLI,
+# `clipsift serve`, kill tests) register it too, whatever their working directory.
+os.environ[PLUGINS_ENV] = os.pathsep.join(
+    p for p in (os.environ.get(PLUGINS_ENV, ""), fake_model.__file__) if p)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ def classify_cmd(
     labels_file: Annotated[str | None, typer.Option(
         "--labels-file", help="UTF-8 file, one label per line.")] = None,
     template: Annotated[list[str] | None, typer.Option(
-        "--template", "-t", help="Prompt with {} for the label; repeat to ensemble.")] = None,
+        "--template", "-t", help="Prompt with {} (or {c}) for the label, literal braces as "
+        "{{ }}; repeat to ensemble.")] = None,
     templates: Annotated[str | None, typer.Option(
         "--templates", help="Named template set: imagenet80 or simple.")] = None,
     top: Annotated[int | None, typer.Option("--top", "-k", min=1,

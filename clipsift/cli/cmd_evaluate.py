@@ -21,8 +21,9 @@ DatasetArg = Annotated[str, typer.Argument(
     help="Folder with one sub-folder per class, a Roboflow CLIP export, a .tar, or a "
     "CSV/Parquet manifest (path,label).")]
 PromptsOpt = Annotated[list[str] | None, typer.Option(
-    "--prompts", "-p", help="A template with {} ('a photo of a {}.'), a prompt file, or a named "
-    "set (imagenet80, simple). Repeat to compare sets. Default: '{}', 'a photo of a {}.', "
+    "--prompts", "-p", help="A template with {} or {c} ('a photo of a {}.'), a prompt file "
+    "(templates, e.g. CLIP_benchmark's, or one prompt per class), or a named set (imagenet80, "
+    "simple); literal braces as {{ }}. Repeat to compare sets. Default: '{}', 'a photo of a {}.', "
     "imagenet80.")]
 SearchOpt = Annotated[bool, typer.Option(
     "--search-prompts", help="Search a library of templates and ensembles on part of the data; "
@@ -77,8 +78,10 @@ def evaluate_cmd(
 
     from clipsift.evaluation.datasets import EmbeddingCache, default_cache_path, load_dataset
     from clipsift.evaluation.evaluate import EvalOptions, evaluate
+    from clipsift.evaluation.prompts import prompt_sets_for
 
     ds = load_dataset(dataset, class_names=class_names, split=split, max_per_class=per_class)
+    prompt_sets_for(ds, prompts)  # bad templates or prompt files fail before any embedding
     m = load_model(model, device)
     store = None if no_cache else EmbeddingCache(cache or default_cache_path())
     try:

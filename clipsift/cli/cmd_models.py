@@ -18,10 +18,12 @@ def models_cmd(
     if name is None:
         import open_clip
 
-        typer.echo("mini  (bundled, offline)")
+        from clipsift.models.registry import registered
+
+        for known, description in registered().items():  # mini, hf, hf-hub, plugins
+            typer.echo(f"{known}  ({description})" if description else known)
         for arch, tag in open_clip.list_pretrained():
             typer.echo(f"{arch}:{tag}")
-        typer.echo("hf:ORG/NAME, hf:/folder  (Hugging Face CLIPModel / ChineseCLIPModel)")
         return
     from clipsift.cli.common import load_model
 

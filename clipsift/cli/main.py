@@ -75,13 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print_error("interrupted")
         return 130
-    except Exception as ex:  # click usage errors
-        import click
-
-        if isinstance(ex, click.ClickException):
+    except Exception as ex:
+        if isinstance(ex, _click_errors()):  # unknown option, bad value, missing argument
             ex.show()
             return ex.exit_code
-        if isinstance(ex, click.exceptions.Abort):
+        if isinstance(ex, _click_aborts()):
             return 130
         if os.environ.get("CLIPSIFT_DEBUG"):
             raise
@@ -92,6 +90,31 @@ def main(argv: list[str] | None = None) -> int:
                     "and report it.")
         return 3
     return 0
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Click's usage-error base classes: typer >= 0.20 ships its own copy of click
+    (`typer._click`), older typer uses the `click` package; accept both."""
+    return _from_click("exceptions.ClickException")
+
+
+def _click_aborts() -> tuple[type[BaseException], ...]:
+    return (typer.Abort, *_from_click("exceptions.Abort"))
+
+
+def _from_click(attr: str) -> tuple[type, ...]:
+    """`attr` ("module.Class") from each click copy that is installed and defines it."""
+    module_name, _, cls_name = attr.rpartition(".")
+    found: list[type] = []
+    for package in ("typer._click", "click"):
+        try:
+            module = importlib.import_module(f"{package}.{module_name}")
+        except ImportError:
+            continue
+        cls = getattr(module, cls_name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
 
 
 def run() -> None:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from clipsift.errors import UsageError
 from clipsift.evaluation.datasets import Dataset, DatasetEmbeddings
+from clipsift.evaluation.prompts import DEFAULT_PROMPTS as DEFAULT_PROMPTS  # re-exported
+from clipsift.evaluation.prompts import PromptSet, TextBank, prompt_sets_for
+from clipsift.evaluation.prompts import parse_prompts as parse_prompts  # re-exported
 from clipsift.zeroshot.templates import TEMPLATE_SETS, named_templates
 
-DEFAULT_PROMPTS = ("{}", "a photo of a {}.", "imagenet80")
 #: Single templates tried by the prompt search (besides the named sets and the user's).
 SEARCH_TEMPLATES = (
     "{}", "a photo of a {}.", "a photo of the {}.", "a picture of a {}.", "an image of a {}.",
@@ -33,102 +34,6 @@ SEARCH_TEMPLATES = (
 )
 ENSEMBLE_SIZES = (3, 5, 8)
 TOP_K = 5
-
-
-# ---- prompt sets ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PromptSet:
-    """Prompts for every class (several per class are averaged into one class embedding).
-
-    Attributes:
-        name: how the set is shown ("a photo of a {}.", "imagenet80", "_tokenization.txt").
-        prompts: per class, its prompts, aligned with `Dataset.classes`.
-        templates: the templates the set was made of, or None for per-class prompts.
-    """
-
-    name: str
-    prompts: tuple[tuple[str, ...], ...]
-    templates: tuple[str, ...] | None = None
-
-    @property
-    def per_class(self) -> int:
-        return max(len(p) for p in self.prompts)
-
-    @classmethod
-    def from_templates(cls, name: str, templates: Sequence[str], classes: Sequence[str]
-                       ) -> PromptSet:
-        prompts = tuple(tuple(t.format(c) for t in templates) for c in classes)
-        return cls(name, prompts, tuple(templates))
-
-
-def _check_template(t: str) -> str:
-    if t.count("{}") != 1 or "{" in t.replace("{}", "") or "}" in t.replace("{}", ""):
-        raise UsageError(f"prompt template {t!r} must contain '{{}}' exactly once (where the "
-                         "class name goes) and no other braces, e.g. 'a photo of a {}.'")
-    return t
-
-
-def parse_prompts(spec: str, classes: Sequence[str]) -> PromptSet:
-    """One `--prompts` value -> a PromptSet.
-
-    `spec` is a named template set (imagenet80, simple), a file, or a template with `{}`.
-    A file holds either templates (every line has `{}`: one ensemble) or one full prompt per
-    class in class order (like a Roboflow `_tokenization.txt`).
-
-    Raises:
-        UsageError: not a set, file or template; or a file that fits neither form.
-    """
-    if spec in TEMPLATE_SETS:
-        return PromptSet.from_templates(spec, named_templates(spec), classes)
-    path = Path(spec).expanduser()
-    if "{}" not in spec and path.is_file():
-        try:
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()
-                     if ln.strip() and not ln.lstrip().startswith("#")]
-        except (OSError, UnicodeDecodeError) as ex:
-            raise UsageError(f"cannot read prompt file {spec!r}: {ex}") from ex
-        if lines and all("{}" in ln for ln in lines):
-            return PromptSet.from_templates(path.name, [_check_template(t) for t in lines],
-                                            classes)
-        if len(lines) == len(classes) and not any("{}" in ln for ln in lines):
-            return PromptSet(path.name, tuple((ln,) for ln in lines))
-        raise UsageError(
-            f"prompt file {spec!r} has {len(lines)} line(s): give either templates with '{{}}' "
-            f"on every line, or exactly one prompt per class ({len(classes)}) in class order")
-    if "{}" not in spec:
-        raise UsageError(f"--prompts {spec!r} is not a template with '{{}}', a prompt file, or "
-                         f"a named set ({', '.join(TEMPLATE_SETS)})")
-    return PromptSet.from_templates(spec, [_check_template(spec)], classes)
-
-
-def prompt_sets_for(dataset: Dataset, specs: Sequence[str] | None) -> list[PromptSet]:
-    """The dataset's own prompts (Roboflow tokenization) first, then `specs` (or defaults)."""
-    sets: list[PromptSet] = []
-    if dataset.prompts is not None:
-        sets.append(PromptSet("_tokenization.txt", tuple((p,) for p in dataset.prompts)))
-    for spec in specs or DEFAULT_PROMPTS:
-        ps = parse_prompts(spec, dataset.classes)
-        if all(ps.prompts != s.prompts for s in sets):
-            sets.append(ps)
-    return sets
-
-
-class TextBank:
-    """Encodes each distinct prompt once; builds class embeddings for any prompt set."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self._vecs: dict[str, np.ndarray] = {}
-
-    def class_weights(self, ps: PromptSet) -> np.ndarray:
-        """float32 [C, D]: per class, the renormalised mean of its unit prompt embeddings."""
-        from clipsift.models.base import l2_normalize
-
-        todo = list(dict.fromkeys(p for ps_c in ps.prompts for p in ps_c if p not in self._vecs))
-        if todo:
-            self._vecs.update(zip(todo, self.model.encode_texts(todo), strict=True))
-        means = [np.mean([self._vecs[p] for p in cls], axis=0) for cls in ps.prompts]
-        return l2_normalize(np.stack(means).astype(np.float32))
 
 
 # ---- metrics --------------------------------------------------------------------------------

@@ -4,18 +4,20 @@ Names:
     ``ViT-B-32:openai``, ``ViT-B-32:laion2b_s34b_b79k``   open_clip zoo ARCH:TAG
     ``ViT-B-32:/path/model.pt`` (or .bin/.pth/.safetensors) a local checkpoint for ARCH
     ``hf:openai/clip-vit-base-patch32``, ``hf:/path/folder`` Hugging Face CLIP / Chinese-CLIP
-    ``hf-hub:ORG/NAME``                                    an open_clip model repo on the hub
-    ``/path/to/folder``                                    a clipsift model folder or HF folder
+    ``hf-hub:ORG/NAME``, ``hf-hub:/path/folder``           an open_clip model repo (or a copy)
+    ``/path/to/folder``                                    a clipsift, open_clip-hub or HF folder
     ``mini``                                               the small model bundled offline
-    ``fake``                                               a deterministic test embedder
+    ``NAME``, ``NAME:ARG``                                 a model a plugin registered
+
+Names are parsed once and dispatched from a table: `clipsift.models.registry` (where
+plugins named in $CLIPSIFT_PLUGINS register their own models).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from clipsift.errors import ModelNotAvailable, UnknownModel
+from clipsift.errors import ModelNotAvailable
 from clipsift.models.base import ClipModel, ModelInfo, l2_normalize
 from clipsift.models.precision import (
     ONNX_PRECISIONS,
@@ -51,7 +53,8 @@ def load(name: str | None = None, *, device: str = "cpu", fallback: bool = True,
         A ClipModel; `model.notice` is a one-line message when a fallback happened.
     Raises:
         ModelNotAvailable: weights are not on this machine and cannot be downloaded.
-        UnknownModel: the name matches no known form, architecture or tag.
+        UnknownModel: the name matches no known form, architecture or tag (close names
+            are suggested).
         UsageError: the precision is unknown or does not fit the device.
         CheckpointError: a file exists but cannot be loaded safely or does not fit.
 
@@ -87,88 +90,13 @@ def _device(device: str) -> str:
 
 
 def _load_name(name: str, device: str) -> ClipModel:
-    from clipsift.models import hf_backend, openclip_loader
-    from clipsift.models.folder import is_model_folder
+    from clipsift.models.registry import load_ref, parse_name
 
-    model: ClipModel
-    if name == "mini":
-        if not mini_available():
-            raise ModelNotAvailable("mini", [str(MINI_DIR)], "the bundled model is missing "
-                                    "from this installation; reinstall clipsift")
-        model = openclip_loader.load_folder(MINI_DIR, device, name="mini")
-    elif name == "fake" or name.startswith("fake:"):
-        from clipsift.models.fake import FakeModel
-
-        model = FakeModel(int(name.split(":", 1)[1]) if ":" in name else 64)
-    elif name.startswith("hf:"):
-        model = _load_hf(name, device)
-    elif name.startswith("hf-hub:"):
-        model = openclip_loader.load_hub(name[len("hf-hub:"):], device)
-    elif _looks_like_path(name) and is_model_folder(name):
-        model = openclip_loader.load_folder(name, device)
-    elif _looks_like_path(name) and hf_backend.is_hf_folder(name):
-        model = hf_backend.HFClipModel(name, name, device)
-    else:
-        model = _load_arch(name, device)
+    ref = parse_name(name)
+    model = load_ref(ref, device)
     model.notice = None
-    model.source = _source_of(name)
+    model.source = ref.source()
     return model
-
-
-def _source_of(name: str) -> str:
-    """Where a model name points, portable to another process: paths made absolute
-    (`ARCH:/path`, `hf:/path`, a folder), other names as given ("mini", "ViT-B-32:openai")."""
-    def absolute(path: str) -> str:
-        return os.path.abspath(os.path.expanduser(path))
-
-    if name.startswith("hf:"):
-        ref = name[len("hf:"):]
-        local = Path(ref).expanduser()
-        return f"hf:{absolute(ref)}" if ref.startswith(("/", ".", "~")) or local.is_dir() \
-            else name
-    if name in ("mini", "fake") or name.startswith(("fake:", "hf-hub:")):
-        return name
-    if Path(name).expanduser().exists():
-        return absolute(name)
-    arch, sep, rest = name.partition(":")
-    if sep and (os.sep in rest or rest.startswith((".", "~")) or Path(rest).suffix in (
-            ".pt", ".pth", ".bin", ".safetensors")):
-        return f"{arch}:{absolute(rest)}"
-    return absolute(name) if _looks_like_path(name) else name
-
-
-def _looks_like_path(name: str) -> bool:
-    return os.sep in name or name.startswith((".", "~")) or Path(name).exists()
-
-
-def _load_hf(name: str, device: str) -> ClipModel:
-    from clipsift.models import hf_backend, resolve
-
-    ref = name[len("hf:"):]
-    local = Path(ref).expanduser()
-    if ref.startswith(("/", ".", "~")) or local.is_dir():
-        if not hf_backend.is_hf_folder(local):
-            raise ModelNotAvailable(name, [str(local)], "no config.json in that folder")
-        return hf_backend.HFClipModel(str(local), name, device)
-    folder = resolve.hf_snapshot(ref, resolve.Lookup(name))
-    return hf_backend.HFClipModel(folder, name, device)
-
-
-def _load_arch(name: str, device: str) -> ClipModel:
-    from clipsift.models import openclip_loader
-
-    arch, sep, rest = name.partition(":")
-    if not sep:
-        if Path(name).suffix in (".pt", ".pth", ".bin", ".safetensors"):
-            raise UnknownModel(f"{name!r} is a checkpoint file: say which architecture it is, "
-                               f"e.g. ViT-B-32:{name}")
-        openclip_loader.check_arch(arch)  # raises for unknown names, with suggestions
-        raise UnknownModel(f"say which weights to use for {arch}: {arch}:TAG or {arch}:/path; "
-                           "`clipsift models` lists the tags")
-    if os.sep in rest or rest.startswith((".", "~")) or Path(rest).suffix in (
-            ".pt", ".pth", ".bin", ".safetensors"):
-        return openclip_loader.load_file(arch, rest, device)
-    return openclip_loader.load_tag(arch, rest, device)
 
 
 def apply_precision(model: ClipModel, precision: str) -> ClipModel:

@@ -17,6 +17,8 @@ from typing import Any
 FORMAT = "clipsift-model/1"
 CONFIG_NAME = "clipsift_model.json"
 WEIGHTS_NAME = "model.safetensors"
+#: What marks a folder laid out as an open_clip hub repo (open_clip's `local-dir:`).
+HUB_CONFIG = "open_clip_config.json"
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

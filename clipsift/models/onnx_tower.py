@@ -116,9 +116,15 @@ def _fingerprint(model: ClipModel, tower: torch.nn.Module) -> str:
 
 def _export(tower: torch.nn.Module, image_size: int, target: Path, kind: str) -> None:
     """Export `tower` to ONNX (fp32) and write it, or for `kind` int8 its dynamic
-    quantization, to `target`."""
+    quantization, to `target`, atomically.
+
+    Every temporary file lives in a private folder inside the cache directory itself (the
+    same file system, so the final `os.replace` is an atomic rename, never a copy), and that
+    folder is removed whatever happens. Concurrent exports of the same model (threads or
+    processes) each work in their own folder; readers only ever see a complete file.
+    """
     example = torch.zeros(2, 3, image_size, image_size)
-    with tempfile.TemporaryDirectory(prefix="clipsift-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
         fp32 = Path(tmp) / "tower.onnx"
         # Grad mode on: torch's fused attention fast path (no-grad only) has no ONNX form.
         with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
@@ -133,12 +139,11 @@ def _export(tower: torch.nn.Module, image_size: int, target: Path, kind: str) ->
                 first = (str(ex).strip().splitlines() or [""])[0][:300]
                 raise UsageError(f"precision {kind}: cannot export this image tower to ONNX "
                                  f"({type(ex).__name__}: {first}); use fp32") from None
-        part = target.with_name(f"{target.name}.{os.getpid()}.part")
+        done = fp32
         if kind == "int8":
-            _quantize(fp32, part)
-        else:
-            fp32.replace(part)
-        part.replace(target)  # atomic: concurrent loads never see half a file
+            done = Path(tmp) / "tower.int8.onnx"
+            _quantize(fp32, done)
+        os.replace(done, target)  # same directory tree: atomic
 
 
 def _quantize(fp32: Path, target: Path) -> None:

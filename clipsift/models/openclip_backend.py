@@ -134,7 +134,7 @@ def trimmable_pool_type(module: torch.nn.Module) -> str | None:
 
 
 def _pooled_positions(tokens: torch.Tensor, pool: str, eos_id: int | None) -> torch.Tensor:
-    """Index of the pooled token per row, as open_clip's `text_global_pool` picks it."""
+    """Index of the pooled token per row [N], as open_clip's `text_global_pool` picks it."""
     if pool == "argmax":
         return tokens.argmax(dim=-1)
     if pool == "eos":
@@ -153,17 +153,18 @@ def encode_text_trimmed(module: torch.nn.Module, tokens: torch.Tensor, pool: str
     Returns:
         [N, D] unnormalised text features.
     """
-    from open_clip.transformer import text_global_pool
-
     eos_id = getattr(module, "text_eos_id", None)
-    length = int(_pooled_positions(tokens, pool, eos_id).max().item()) + 1
+    positions = _pooled_positions(tokens, pool, eos_id)  # [N]
+    length = int(positions.max().item()) + 1
     tokens = tokens[:, :length]  # [N, L]: the pooled positions (first max) do not move
     cast = module.transformer.get_cast_dtype()
     x = module.token_embedding(tokens).to(cast)  # [N, L, width]
     x = x + module.positional_embedding[:length].to(cast)
     x = module.transformer(x, attn_mask=module.attn_mask[:length, :length])
     x = module.ln_final(x)  # [N, L, width]
-    x = text_global_pool(x, tokens, pool, eos_token_id=eos_id)  # [N, width]
+    # pooled here, not with open_clip's text_global_pool: its signature and return type
+    # changed across releases (2.x returns a tuple, 3.1 added eos_token_id)
+    x = x[torch.arange(x.shape[0], device=x.device), positions]  # [N, width]
     proj = module.text_projection
     if proj is None:
         return x

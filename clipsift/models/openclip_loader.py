@@ -11,12 +11,17 @@ import torch
 
 from clipsift.errors import CheckpointError, UnknownModel
 from clipsift.models import checkpoints, resolve
-from clipsift.models.folder import WEIGHTS_NAME, PreprocessConfig, read_folder_config
+from clipsift.models.folder import HUB_CONFIG, WEIGHTS_NAME, PreprocessConfig, read_folder_config
 from clipsift.models.openclip_backend import (
     OpenClipModel,
     make_transform,
     preprocess_cfg_from_module,
 )
+from clipsift.models.tokenizers import make_tokenizer
+
+#: Weight files of an open_clip hub repo (or a local copy of one), preferred first.
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+               "open_clip_pytorch_model.bin")
 
 
 def _quiet_open_clip() -> None:
@@ -46,22 +51,23 @@ def known_archs() -> list[str]:
     return open_clip.list_models()
 
 
-def check_arch(arch: str) -> dict[str, Any]:
-    """The open_clip config of `arch`, or UnknownModel listing close names."""
-    import difflib
-
+def is_arch(arch: str) -> bool:
+    """True when `arch` names an open_clip architecture (built in or user-registered)."""
     import open_clip
 
     register_user_configs()
-    cfg = open_clip.get_model_config(arch)
-    if cfg is None:
-        close = difflib.get_close_matches(arch, known_archs(), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownModel(
-            f"unknown open_clip architecture {arch!r}.{hint} "
-            "Run `clipsift models` to list architectures and pretrained tags."
-        )
-    return copy.deepcopy(cfg)
+    return open_clip.get_model_config(arch) is not None
+
+
+def check_arch(arch: str) -> dict[str, Any]:
+    """The open_clip config of `arch`, or UnknownModel suggesting close names."""
+    import open_clip
+
+    if not is_arch(arch):
+        from clipsift.models.registry import unknown_model
+
+        raise unknown_model(arch, "open_clip architecture")
+    return copy.deepcopy(open_clip.get_model_config(arch))
 
 
 def build_module(model_cfg: dict[str, Any]) -> torch.nn.Module:
@@ -105,15 +111,11 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], s
         ) from ex
 
 
-def _finish(module: torch.nn.Module, name: str, arch: str, model_cfg: dict[str, Any],
-            pre: PreprocessConfig, device: str, weights: str | Path) -> OpenClipModel:
-    import open_clip
-
-    ctx = model_cfg.get("text_cfg", {}).get("context_length", 77)
-    tokenizer = open_clip.get_tokenizer(arch, context_length=ctx) if arch else \
-        open_clip.get_tokenizer("ViT-B-32", context_length=ctx)
+def _finish(module: torch.nn.Module, name: str, model_cfg: dict[str, Any],
+            pre: PreprocessConfig, device: str, tokenizer: Any,
+            weights: str | Path) -> OpenClipModel:
     model = OpenClipModel(module, make_transform(pre), tokenizer, name, model_cfg, pre, device)
-    model.weight_files = (str(weights),)
+    model.weight_files = (str(weights),)  # what the weights part of the fingerprint caches by
     return model
 
 
@@ -128,7 +130,8 @@ def load_tag(arch: str, tag: str, device: str = "cpu") -> OpenClipModel:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise UnknownModel(f"unknown pretrained tag {tag!r} for {arch}; known tags: "
                            f"{', '.join(tags) or 'none'}. A local file works too: {arch}:/path")
-    path = _tag_weights(pcfg, resolve.Lookup(f"{arch}:{tag}"))
+    lookup = resolve.Lookup(f"{arch}:{tag}")
+    path = _tag_weights(pcfg, lookup)
     if pcfg.get("quick_gelu"):
         model_cfg["quick_gelu"] = True  # weights trained with QuickGELU: never mix them up
     module = build_module(model_cfg)
@@ -137,7 +140,8 @@ def load_tag(arch: str, tag: str, device: str = "cpu") -> OpenClipModel:
         module, mean=pcfg.get("mean"), std=pcfg.get("std"),
         interpolation=pcfg.get("interpolation"), resize_mode=pcfg.get("resize_mode"))
     pre.image_size = _visual_size(module)
-    return _finish(module, f"{arch}:{tag}", arch, model_cfg, pre, device, path)
+    tokenizer = make_tokenizer(model_cfg, lookup, arch=arch)
+    return _finish(module, f"{arch}:{tag}", model_cfg, pre, device, tokenizer, path)
 
 
 def _tag_weights(pcfg: dict[str, Any], lookup: resolve.Lookup) -> str:
@@ -158,12 +162,19 @@ def _tag_weights(pcfg: dict[str, Any], lookup: resolve.Lookup) -> str:
 
 
 def _first_hf_file(repo_id: str, filename: str, lookup: resolve.Lookup) -> str:
+    """The first of `filename` (or its .safetensors twin) and HUB_WEIGHTS found: every
+    candidate in the cache first, then downloads."""
     names = [filename] if filename else []
-    names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    names += list(HUB_WEIGHTS)
     if filename.endswith((".bin", ".pt", ".pth")):
         names.insert(0, filename.rsplit(".", 1)[0] + ".safetensors")
+    names = list(dict.fromkeys(names))
+    for name in names:
+        cached = resolve.hf_cached_file(repo_id, name, lookup)
+        if cached:
+            return cached
     last: Exception | None = None
-    for name in dict.fromkeys(names):
+    for name in names:
         try:
             return resolve.hf_file(repo_id, name, lookup)
         except Exception as ex:  # try the next candidate
@@ -181,29 +192,28 @@ def load_file(arch: str, path: str, device: str = "cpu") -> OpenClipModel:
     p = Path(path).expanduser()
     if not p.is_file():
         raise resolve.Lookup(f"{arch}:{path}", [str(p)]).fail("the file does not exist")
-    if checkpoints.is_torchscript_archive(p):
-        model_cfg["quick_gelu"] = True  # OpenAI's released models all use QuickGELU
+    ckpt = checkpoints.read_checkpoint(p)
+    if ckpt.quick_gelu is not None:  # the activation the file's weights were trained with
+        model_cfg["quick_gelu"] = ckpt.quick_gelu
     module = build_module(model_cfg)
-    load_weights(module, checkpoints.load_state_dict(p), str(p))
+    load_weights(module, ckpt.state_dict, str(p))
     pre = preprocess_cfg_from_module(module)
     pre.image_size = _visual_size(module)
-    return _finish(module, f"{arch}:{p}", arch, model_cfg, pre, device, p)
+    tokenizer = make_tokenizer(model_cfg, resolve.Lookup(f"{arch}:{p}"), arch=arch)
+    return _finish(module, f"{arch}:{p}", model_cfg, pre, device, tokenizer, p)
 
 
 def load_folder(path: str | Path, device: str = "cpu", name: str | None = None) -> OpenClipModel:
     """A clipsift model folder (what `clipsift train` writes, and the bundled `mini`)."""
-    import open_clip
-
     cfg = read_folder_config(path)
     module = build_module(cfg.model_cfg)
     weights = Path(path) / WEIGHTS_NAME
     sd = {k: v.float() for k, v in checkpoints.load_state_dict(weights).items()}
     load_weights(module, sd, str(weights))
-    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=cfg.context_length)
-    model = OpenClipModel(module, make_transform(cfg.preprocess), tokenizer, name or cfg.name,
-                          cfg.model_cfg, cfg.preprocess, device)
-    model.weight_files = (str(weights),)
-    return model
+    tokenizer = make_tokenizer(cfg.model_cfg, resolve.Lookup(str(path)), folder=path,
+                               context_length=cfg.context_length)
+    return _finish(module, name or cfg.name, cfg.model_cfg, cfg.preprocess, device, tokenizer,
+                   weights)
 
 
 def _visual_size(module: torch.nn.Module) -> int:
@@ -211,15 +221,27 @@ def _visual_size(module: torch.nn.Module) -> int:
     return int(size[0] if isinstance(size, tuple | list) else size)
 
 
-def load_hub(repo_id: str, device: str = "cpu") -> OpenClipModel:
-    """`hf-hub:ORG/NAME` — an open_clip model repo (open_clip_config.json + weights)."""
-    import json
+def load_hub(ref: str, device: str = "cpu") -> OpenClipModel:
+    """An open_clip model repo (open_clip_config.json + weights): `hf-hub:ORG/NAME` from the
+    HF cache or the hub, or a local folder laid out the same way (`hf-hub:/path`, `/path`).
 
-    lookup = resolve.Lookup(f"hf-hub:{repo_id}")
-    cfg_path = resolve.hf_file(repo_id, "open_clip_config.json", lookup)
-    raw = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
-    model_cfg = raw["model_cfg"]
-    weights = _first_hf_file(repo_id, "", lookup)
+    The tokenizer is the one the config names (`text_cfg.hf_tokenizer_name`: a hub id or a
+    local folder; tokenizer files inside a local model folder come first, as in open_clip),
+    else CLIP's BPE.
+    """
+    lookup = resolve.Lookup(f"hf-hub:{ref}")
+    local = Path(ref).expanduser()
+    folder: Path | None = None
+    if ref.startswith(("/", ".", "~")) or local.is_dir():
+        folder, cfg_path = local, local / HUB_CONFIG
+        lookup.looked_in.append(str(cfg_path))
+        weights = next((str(local / n) for n in HUB_WEIGHTS if (local / n).is_file()), "")
+        if not cfg_path.is_file() or not weights:
+            raise lookup.fail(f"that folder needs {HUB_CONFIG} and one of {', '.join(HUB_WEIGHTS)}")
+    else:
+        cfg_path = Path(resolve.hf_file(ref, HUB_CONFIG, lookup))
+        weights = _first_hf_file(ref, "", lookup)
+    model_cfg, raw = _read_hub_config(cfg_path)
     module = build_module(model_cfg)
     load_weights(module, checkpoints.load_state_dict(weights), weights)
     pcfg = raw.get("preprocess_cfg", {})
@@ -228,4 +250,17 @@ def load_hub(repo_id: str, device: str = "cpu") -> OpenClipModel:
         std=tuple(pcfg.get("std", PreprocessConfig.std)),
         interpolation=pcfg.get("interpolation", "bicubic"),
         resize_mode=pcfg.get("resize_mode", "shortest"))
-    return _finish(module, f"hf-hub:{repo_id}", "", model_cfg, pre, device, weights)
+    tokenizer = make_tokenizer(model_cfg, lookup, folder=folder)
+    return _finish(module, f"hf-hub:{ref}", model_cfg, pre, device, tokenizer, weights)
+
+
+def _read_hub_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model_cfg, whole file) of an open_clip_config.json."""
+    import json
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return dict(raw["model_cfg"]), raw
+    except (OSError, ValueError, KeyError, TypeError) as ex:
+        raise CheckpointError(f"{str(path)!r} is not a valid open_clip config (it needs a "
+                              f"'model_cfg'): {type(ex).__name__}: {ex}") from ex

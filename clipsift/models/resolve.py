@@ -52,15 +52,24 @@ class Lookup:
         return ModelNotAvailable(self.model, self.looked_in, reason)
 
 
-def hf_file(repo_id: str, filename: str, lookup: Lookup) -> str:
-    """Path of `filename` from HF repo `repo_id`: cache first, then a bounded download."""
+def hf_cached_file(repo_id: str, filename: str, lookup: Lookup) -> str | None:
+    """Path of `filename` from HF repo `repo_id` in the local cache, or None (no network)."""
     from huggingface_hub import hf_hub_download
 
     lookup.looked_in.append(f"Hugging Face cache ({_hf_cache_dir()}) for {repo_id}/{filename}")
     try:
         return hf_hub_download(repo_id, filename, local_files_only=True)
     except Exception:
-        pass
+        return None
+
+
+def hf_file(repo_id: str, filename: str, lookup: Lookup) -> str:
+    """Path of `filename` from HF repo `repo_id`: cache first, then a bounded download."""
+    from huggingface_hub import hf_hub_download
+
+    cached = hf_cached_file(repo_id, filename, lookup)
+    if cached:
+        return cached
     _require_network(HF_HOST, lookup, f"https://{HF_HOST}/{repo_id}")
     try:
         return hf_hub_download(repo_id, filename, etag_timeout=DOWNLOAD_TIMEOUT_S)
@@ -68,14 +77,21 @@ def hf_file(repo_id: str, filename: str, lookup: Lookup) -> str:
         raise lookup.fail(f"download failed: {type(ex).__name__}: {ex}") from ex
 
 
-def hf_snapshot(repo_id: str, lookup: Lookup) -> str:
-    """Local folder with an HF model repo (config, weights, tokenizer, preprocessor)."""
+#: What `hf_snapshot` fetches by default: config, weights, tokenizer, preprocessor.
+MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+
+
+def hf_snapshot(repo_id: str, lookup: Lookup, patterns: list[str] | None = None) -> str:
+    """Local folder with an HF repo's files matching `patterns` (default: a whole model:
+    config, weights, tokenizer, preprocessor): cache first, then a bounded download."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+    patterns = patterns or MODEL_PATTERNS
     lookup.looked_in.append(f"Hugging Face cache ({_hf_cache_dir()}) for {repo_id}")
     try:
-        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        local = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        if any(any(Path(local).glob(p)) for p in patterns):  # not an empty partial snapshot
+            return local
     except Exception:
         pass
     _require_network(HF_HOST, lookup, f"https://{HF_HOST}/{repo_id}")

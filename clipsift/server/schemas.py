@@ -72,10 +72,23 @@ def _clean_text(value: str) -> str:
     return value
 
 
+def _template(value: str) -> str:
+    """A template must pass clipsift's one template check (else 422 naming it)."""
+    from clipsift.errors import UsageError
+    from clipsift.zeroshot.templates import parse_template
+
+    try:
+        parse_template(value)
+    except UsageError as ex:
+        raise ValueError(str(ex)) from None
+    return value
+
+
 _Clean = AfterValidator(_clean_text)
 Text = Annotated[str, Field(min_length=1, max_length=SCHEMA_MAX_TEXT_CHARS), _Clean]
 Label = Annotated[str, Field(min_length=1, max_length=200), _Clean]
-Template = Annotated[str, Field(min_length=1, max_length=300), _Clean]
+Template = Annotated[str, Field(min_length=1, max_length=300), _Clean,
+                     AfterValidator(_template)]
 QueryText = Annotated[str, Field(
     min_length=1, max_length=SCHEMA_MAX_QUERY_CHARS,
     description='Text, or the query language: "beach" - "people", 2:sunset, id:42.'), _Clean]

@@ -31,13 +31,13 @@ from clipsift.index.query import CaptionHit, Query, Term, combine, parse_query, 
 from clipsift.index.store import STATUS_OK
 from clipsift.inputs.images import open_image
 from clipsift.inputs.keys import key_name, printable
-from clipsift.models.base import l2_normalize
 from clipsift.server.batcher import MicroBatcher
 from clipsift.server.config import ServerSettings
 from clipsift.server.health import HealthReport, check_service, file_identity
 from clipsift.server.texts import TextEncoder
 from clipsift.server.thumbs import LRU, Thumbnails
-from clipsift.zeroshot.templates import check_template, named_templates
+from clipsift.zeroshot.classes import pool, prompts_for, templates_per_class
+from clipsift.zeroshot.templates import resolve_templates
 
 if TYPE_CHECKING:
     from clipsift.index.index import Index
@@ -326,27 +326,26 @@ class Service:
     # ---- classification and captions ----------------------------------------------------
     async def class_weights(self, labels: Sequence[str], templates: Sequence[str] | None,
                             template_set: str | None) -> np.ndarray:
-        """Unit label vectors [C, D] (prompt ensembles), cached per label/template set."""
+        """Unit label vectors [C, D] (prompt ensembles), cached per label/template set.
+
+        Templates are validated and pooled by `clipsift.zeroshot` (as the CLI and library
+        do); this adds the server's limits, batched encoding and cache.
+        """
         key = (tuple(labels), tuple(templates or ()), template_set)
         cached = self._class_weights.get(key)
         if cached is not None:
             return cached
         if len(set(labels)) != len(labels):
             raise UsageError("duplicate labels; give each label once")
-        temps = [check_template(t) for t in templates or []]
-        if template_set:
-            temps += named_templates(template_set)
-        n_prompts = len(labels) * max(1, len(temps))
+        temps = resolve_templates(templates, template_set)
+        per_class = templates_per_class(temps)
+        n_prompts = len(labels) * per_class
         if n_prompts > self.settings.max_prompts:
-            raise PayloadTooLarge(f"{len(labels)} labels x {len(temps)} templates = "
+            raise PayloadTooLarge(f"{len(labels)} labels x {len(temps or [])} templates = "
                                   f"{n_prompts} prompts; the limit is "
                                   f"{self.settings.max_prompts}")
-        if not temps:
-            weights = await self._embed_all(list(labels))
-        else:
-            prompts = [t.replace("{}", label) for label in labels for t in temps]
-            emb = (await self._embed_all(prompts)).reshape(len(labels), len(temps), -1)
-            weights = l2_normalize(emb.mean(axis=1))  # [C, T, D] -> [C, D]
+        emb = await self._embed_all(prompts_for(labels, temps))  # [C * T, D]
+        weights = pool(emb, len(labels), per_class)  # [C, D]
         if weights.size <= 262_144:  # cache small label sets only (<= 1 MB each)
             self._class_weights.put(key, weights)
         return weights

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from clipsift.zeroshot.templates import class_embeddings
+from clipsift.zeroshot.classes import class_embeddings
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,9 @@ def classify(
         model: a ClipModel (`clipsift.load(...)`).
         images: image paths, folders, globs (expanded) or PIL images.
         labels: class names.
-        templates: prompt format strings with `{}` (several are ensembled); None uses
-            labels as full prompts.
+        templates: prompt templates with `{}` (or `{c}`) for the label, several are
+            ensembled; None uses labels as full prompts. A malformed template raises
+            UsageError.
         top_k: keep only the k most probable labels per image.
     Returns:
         One Classification per image, in input order; failed images carry `error`.

@@ -49,7 +49,7 @@ def _embed(model, paths: list[Path]) -> np.ndarray:
 
 
 def _accuracy(model, vecs, truth, classes, templates, ks=(1, 5)) -> dict[str, float]:
-    from clipsift.zeroshot.templates import class_embeddings
+    from clipsift.zeroshot.classes import class_embeddings
 
     scores = vecs @ class_embeddings(model, classes, templates).T  # [N, C]
     order = np.argsort(-scores, axis=1)

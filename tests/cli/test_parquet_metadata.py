@@ -8,7 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 
 from clipsift.cli.main import main
-from clipsift.models.fake import FakeModel
+from tests.support.fake_model import FakeModel
 
 
 def test_every_parquet_file_carries_the_model_keys(photos, tmp_path, capsys):

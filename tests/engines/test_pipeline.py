@@ -20,7 +20,7 @@ from clipsift.engines.base import EmbedResult, PipelineStats
 from clipsift.engines.local import embed_items, embed_paths
 from clipsift.errors import UsageError
 from clipsift.inputs.sources import Item, iter_items
-from clipsift.models.fake import FakeModel, _fake_preprocess
+from tests.support.fake_model import FakeModel, _fake_preprocess
 from tests.support.helpers import extract_photos
 
 
@@ -224,7 +224,7 @@ def test_workers_overlap_decode_with_slow_encoder(tmp_path: Path) -> None:
 _KILLED_PARENT = """
 import itertools, multiprocessing as mp, sys, time
 from multiprocessing import forkserver
-from clipsift.models.fake import FakeModel
+from tests.support.fake_model import FakeModel
 from clipsift.engines.local import embed_items
 from clipsift.inputs.sources import iter_items
 

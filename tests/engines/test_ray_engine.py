@@ -24,11 +24,11 @@ from clipsift.engines.local import LocalEngine
 from clipsift.engines.ray_engine import RayEngine
 from clipsift.errors import UsageError
 from clipsift.inputs.sources import iter_items
-from clipsift.models.fake import FakeModel
 from clipsift.sift.dedup import collection_from_inputs, find_duplicates
 from clipsift.sift.filter import run_filter
 from clipsift.sift.rules import Prompt, Rule
 from tests.sift.test_filter import extract_cifar
+from tests.support.fake_model import FakeModel
 
 pytestmark = pytest.mark.ray
 LOCAL = LocalEngine(workers=0)

@@ -35,7 +35,7 @@ from clipsift.evaluation.evaluate import (
     holdout_split,
     parse_prompts,
 )
-from clipsift.zeroshot.templates import class_embeddings
+from clipsift.zeroshot.classes import class_embeddings
 from tests.support import tinymodels
 
 CIFAR_TAR = tinymodels.SHARED / "cifar10-test.tar"
@@ -279,7 +279,7 @@ def test_prompt_specs(tmp_path):
         parse_prompts(str(per), classes)
     with pytest.raises(UsageError, match="not a template"):
         parse_prompts("a photo", classes)
-    with pytest.raises(UsageError, match="exactly once"):
+    with pytest.raises(UsageError, match="exactly one"):
         parse_prompts("{} and {}", classes)
 
 

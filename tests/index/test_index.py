@@ -21,7 +21,7 @@ from clipsift.cli.main import main
 from clipsift.errors import IndexInUse, ModelMismatch, UsageError
 from clipsift.index.ann import AnnConfig
 from clipsift.index.index import Index, resolve_index_path
-from clipsift.models.fake import FakeModel
+from tests.support.fake_model import FakeModel
 
 
 class CountingModel(FakeModel):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from clipsift.index.index import Index
-from clipsift.models.fake import FakeModel
+from tests.support.fake_model import FakeModel
 from tests.support.helpers import extract_photos
 
 CHILD = "import sys; from clipsift.cli.main import main; sys.exit(main(sys.argv[1:]))"

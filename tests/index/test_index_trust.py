@@ -19,7 +19,7 @@ import pytest
 from clipsift.cli.main import main
 from clipsift.errors import IndexInUse, StoreError
 from clipsift.index.index import Index
-from clipsift.models.fake import FakeModel
+from tests.support.fake_model import FakeModel
 
 CHILD = "import sys; from clipsift.cli.main import main; sys.exit(main(sys.argv[1:]))"
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",

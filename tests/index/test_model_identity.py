@@ -16,7 +16,7 @@ import clipsift
 from clipsift.cli.main import main
 from clipsift.errors import ModelMismatch
 from clipsift.index.index import Index
-from clipsift.models.fake import FakeModel
+from tests.support.fake_model import FakeModel
 from tests.support.tinymodels import save_named_folder as model_folder
 
 

@@ -30,9 +30,9 @@ from clipsift.inputs.keys import (
     sql_value,
 )
 from clipsift.inputs.sources import iter_items
-from clipsift.models.fake import FakeModel
 from clipsift.server.service import item_name
 from clipsift.sift.placement import relative_name
+from tests.support.fake_model import FakeModel
 
 CAFE = os.fsdecode(b"/p/caf\xe9.png")  # "/p/caf\udce9.png"
 

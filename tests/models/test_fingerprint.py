@@ -11,8 +11,8 @@ import pytest
 
 import clipsift
 from clipsift.models import fingerprint as fpmod
-from clipsift.models.fake import FakeModel
 from clipsift.models.fingerprint import Fingerprint, precision_class
+from tests.support.fake_model import FakeModel
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from clipsift.models.fake import FakeModel
 from clipsift.server import ServerSettings, create_app
+from tests.support.fake_model import FakeModel
 from tests.support.serverkit import LOOPBACK, build_index, jpeg_bytes
 
 
@@ -171,8 +171,9 @@ def test_classify_json_and_upload(client, photo):
 
 
 @pytest.mark.parametrize(("change", "status", "message"), [
-    ({"templates": ["no placeholder"]}, 400, "exactly one"),
-    ({"templates": ["{} and {}"]}, 400, "exactly one"),
+    ({"templates": ["no placeholder"]}, 422, "exactly one"),
+    ({"templates": ["{} and {}"]}, 422, "exactly one"),
+    ({"templates": ["a {} in {style}"]}, 422, "placeholder '{style}'"),
     ({"labels": ["cat", "cat"]}, 400, "duplicate"),
     ({"labels": []}, 422, "labels"),
     ({"template_set": "nope"}, 422, "template_set"),
@@ -184,8 +185,11 @@ def test_classify_errors(client, photo, change, status, message):
     assert resp.status_code == status and message in resp.text
 
 
-def test_classify_template_with_other_braces_is_safe(client, photo):
+def test_classify_template_with_other_braces_is_refused(client, photo):
     body = {"image": {"data": b64(photo)}, "labels": ["fish"], "templates": ["{x} {} {0}"]}
+    resp = client.post("/v1/classify", json=body)
+    assert resp.status_code == 422 and "placeholder '{x}'" in resp.text
+    body["templates"] = ["{{x}} {c}"]  # literal braces and CLIP_benchmark's placeholder
     assert ok(client.post("/v1/classify", json=body))["labels"][0]["label"] == "fish"
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from clipsift.models.fake import FakeModel
 from clipsift.server import ServerSettings, create_app
 from clipsift.server.texts import _cut
+from tests.support.fake_model import FakeModel
 from tests.support.serverkit import LOOPBACK, build_index, jpeg_bytes
 
 PER_CHUNK_S = 0.002  # model time per text chunk (a forward row)

@@ -23,7 +23,6 @@ from PIL import Image
 from clipsift.cli.main import main
 from clipsift.engines.local import LocalEngine
 from clipsift.errors import UsageError
-from clipsift.models.fake import FakeModel
 from clipsift.sift.dedup import (
     Collection,
     collection_from_index,
@@ -34,6 +33,7 @@ from clipsift.sift.dedup import (
     write_groups_html,
     write_groups_parquet,
 )
+from tests.support.fake_model import FakeModel
 
 THRESHOLD = 0.93
 PLANTED = 8

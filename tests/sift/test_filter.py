@@ -25,7 +25,6 @@ import clipsift
 from clipsift.cli.main import main
 from clipsift.engines.local import LocalEngine
 from clipsift.errors import ModelMismatch, UsageError
-from clipsift.models.fake import FakeModel
 from clipsift.sift.filter import run_filter
 from clipsift.sift.placement import Placer, open_journal
 from clipsift.sift.rules import (
@@ -35,6 +34,7 @@ from clipsift.sift.rules import (
     parse_preset,
     parse_prompt,
 )
+from tests.support.fake_model import FakeModel
 from tests.support.tinymodels import SHARED
 
 CLASSES = ("airplane", "cat", "dog")

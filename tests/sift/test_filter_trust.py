@@ -16,10 +16,10 @@ import clipsift
 from clipsift.cli.main import main
 from clipsift.engines.local import LocalEngine
 from clipsift.errors import UsageError
-from clipsift.models.fake import FakeModel
 from clipsift.sift.filter import run_filter
 from clipsift.sift.rules import Prompt, Rule
 from tests.sift.test_filter import extract_cifar
+from tests.support.fake_model import FakeModel
 from tests.support.tinymodels import save_named_folder
 
 LOCAL = LocalEngine(workers=0)

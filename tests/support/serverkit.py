@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from clipsift.index.index import Index
-from clipsift.models.fake import FakeModel
+from tests.support.fake_model import FakeModel
 
 LOOPBACK = "http://127.0.0.1"
 

@@ -22,6 +22,13 @@ TINY_RN = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     "quick_gelu": True,
 }
+# OpenAI's shape rules (64-wide heads), so open_clip's `build_model_from_openai_state_dict`
+# rebuilds exactly this model from its weights; no quick_gelu, like open_clip's ViT-B-32.json.
+TINY_OPENAI = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
 
 
 def write_arch_configs(folder: Path) -> Path:
@@ -30,6 +37,9 @@ def write_arch_configs(folder: Path) -> Path:
     (folder / "TinyViT.json").write_text(json.dumps(TINY_VIT))
     (folder / "TinyViT-quickgelu.json").write_text(json.dumps({**TINY_VIT, "quick_gelu": True}))
     (folder / "TinyRN.json").write_text(json.dumps(TINY_RN))
+    (folder / "TinyOpenAI.json").write_text(json.dumps(TINY_OPENAI))
+    (folder / "TinyOpenAI-quickgelu.json").write_text(json.dumps({**TINY_OPENAI,
+                                                                 "quick_gelu": True}))
     return folder
 
 
@@ -67,6 +77,23 @@ def save_openclip_formats(model: torch.nn.Module, folder: Path, stem: str) -> di
     return out
 
 
+def save_openai_formats(folder: Path, seed: int = 5) -> dict[str, Path]:
+    """A TinyOpenAI QuickGELU model as OpenAI releases weights: half-precision linear and
+    conv weights (OpenAI's `convert_weights`), saved as a TorchScript archive and as that
+    archive's plain state dict (with OpenAI's input_resolution/context_length/vocab_size)."""
+    from open_clip.model import convert_weights_to_lp
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = make_openclip({**TINY_OPENAI, "quick_gelu": True}, seed=seed)
+    convert_weights_to_lp(model, torch.float16)
+    out = {"torchscript": folder / "tinyopenai-jit.pt", "openai_sd": folder / "tinyopenai-sd.pt"}
+    torch.jit.script(model).save(str(out["torchscript"]))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save({**sd, "input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
+                "vocab_size": torch.tensor(49408)}, out["openai_sd"])
+    return out
+
+
 def make_hf_clip(folder: Path, seed: int = 0) -> Path:
     """A tiny transformers CLIPModel folder with the real CLIP BPE tokenizer."""
     from transformers import (
@@ -79,13 +106,13 @@ def make_hf_clip(folder: Path, seed: int = 0) -> Path:
     )
 
     torch.manual_seed(seed)
-    cfg = CLIPConfig(
+    cfg = CLIPConfig(  # sub-configs as dicts: what transformers 4.x and 5.x both accept
         text_config=CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                    num_attention_heads=4, max_position_embeddings=77,
-                                   vocab_size=49408, projection_dim=24),
+                                   vocab_size=49408, projection_dim=24).to_dict(),
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                        num_attention_heads=4, image_size=30, patch_size=2,
-                                       projection_dim=24),
+                                       projection_dim=24).to_dict(),
         projection_dim=24,
     )
     CLIPModel(cfg).eval().save_pretrained(folder)
@@ -118,16 +145,18 @@ def make_hf_chinese_clip(folder: Path, seed: int = 0) -> Path:
     cfg = ChineseCLIPConfig(
         text_config=ChineseCLIPTextConfig(vocab_size=len(vocab), hidden_size=32,
                                           num_hidden_layers=2, num_attention_heads=4,
-                                          intermediate_size=37, max_position_embeddings=64),
+                                          intermediate_size=37, max_position_embeddings=64
+                                          ).to_dict(),
         vision_config=ChineseCLIPVisionConfig(hidden_size=32, intermediate_size=37,
                                               num_hidden_layers=2, num_attention_heads=4,
-                                              image_size=30, patch_size=2, projection_dim=24),
+                                              image_size=30, patch_size=2, projection_dim=24
+                                              ).to_dict(),
         projection_dim=24,
     )
     ChineseCLIPModel(cfg).eval().save_pretrained(folder)
     BertTokenizer(str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
-    ChineseCLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
-                              ).save_pretrained(folder)
+    square = {"height": 30, "width": 30}  # the layout transformers 4.x and 5.x both read
+    ChineseCLIPImageProcessor(size=square, crop_size=square).save_pretrained(folder)
     return folder
 
 

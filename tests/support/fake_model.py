@@ -1,8 +1,13 @@
-"""A deterministic, weight-free embedder registered as the model name ``fake``.
+"""A deterministic, weight-free embedder, registered as the model names ``fake`` and
+``fake:DIM`` through clipsift's plugin hook.
 
 It lets the CLI -> index -> search path run end to end in tests without any weights:
 image vectors are a fixed random projection of a tiny thumbnail (so near-duplicate images
 get near-identical vectors), text vectors are a fixed projection of hashed words.
+
+tests/conftest.py imports it and names this file in $CLIPSIFT_PLUGINS, so `--model fake`
+works in the test process and in every subprocess it starts (the CLI, `clipsift serve`);
+benchmarks do the same for their children.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipsift.errors import UsageError
 from clipsift.models.base import ClipModel
 from clipsift.models.fingerprint import ModelParts, config_digest
+from clipsift.models.registry import ModelRef, register
 
 _THUMB = 8
 _SEED = 1234
@@ -80,3 +87,15 @@ class FakeModel(ClipModel):
     def split_tokens(self, text: str, max_tokens: int) -> list[str]:
         words = self._words(text)
         return [" ".join(words[i : i + max_tokens]) for i in range(0, len(words), max_tokens)]
+
+
+def load_fake(ref: ModelRef, device: str) -> FakeModel:
+    """`fake` (dim 64) or `fake:DIM`."""
+    if not ref.ref:
+        return FakeModel()
+    if not ref.ref.isdigit() or not 1 <= int(ref.ref) <= 65536:
+        raise UsageError(f"fake:DIM needs a dimension from 1 to 65536, got {ref.ref!r}")
+    return FakeModel(int(ref.ref))
+
+
+register("fake", load_fake, "fake, fake:DIM: deterministic weight-free test embedder")
