@@ -3,8 +3,15 @@
 `open_image` returns an RGB `PIL.Image.Image` or raises `ImageError(source, reason)`; no raw
 exception escapes for a bad file. It handles EXIF orientation, palette/alpha/CMYK/16-bit and
 float modes, the first frame of animations and multi-page files, HEIC/HEIF (pillow-heif),
-a decompression-bomb cap checked on the header before any pixel is decoded, and Pillow's
-JPEG `draft()` so large JPEGs decode at a reduced scale when a target size is known.
+and two caps checked on the header before any pixel is decoded: pixels (a decompression
+bomb) and bytes of the decoded buffer (width x height x bytes per pixel of the mode).
+FIFOs, sockets and devices are refused without blocking (`clipsift.inputs.files`).
+
+Exact by default: the pixels are the whole image as PIL decodes it, EXIF orientation
+applied, alpha composited on white, so `model.preprocess(open_image(path))` equals the
+model's own preprocess of `ImageOps.exif_transpose(Image.open(path))` (on white). Only
+when asked (`draft_size`, the engines' `fast_decode`) do large JPEGs decode at a reduced
+scale (JPEG `draft()`: faster, approximate; `DECODE_FAST`).
 
 Pillow's soft warning for large images (`DecompressionBombWarning`) is muted while a header
 is read, because `max_pixels` is the cap clipsift applies. Pillow's
@@ -19,20 +26,29 @@ import importlib.util
 import io
 import os
 import re
-import stat
 import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from clipsift.errors import ImageError
+from clipsift.inputs.files import NotRegularFileError, open_regular
+from clipsift.inputs.modes import HIGH_DEPTH_MODES, bytes_per_pixel, high_depth_to_l, rgb_view
+from clipsift.inputs.modes import to_rgb as to_rgb
 
 #: Default cap on width x height, checked on the header before decoding (Pillow's hard limit).
 MAX_PIXELS = 178_956_970
+#: Default cap on the decoded buffer, width x height x bytes per pixel of the file's mode
+#: (checked on the header). 1 GiB: above MAX_PIXELS of any mode of at most 4 bytes/pixel.
+MAX_DECODED_BYTES = 1 << 30
+
+#: Decode modes, a plain value to record with results made from the pixels:
+#: exact = the whole image; fast = large JPEGs decoded at 1/2-1/8 scale (approximate).
+DECODE_EXACT = "exact"
+DECODE_FAST = "fast"
 
 _BASE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
@@ -56,8 +72,15 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(_BASE_EXTENSIONS + _optional_extens
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
-_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ORIENTATION_TAG = 0x0112
+#: Metadata that can carry an orientation (EXIF, XMP's tiff:Orientation).
+_ORIENTATION_INFO = ("exif", "XML:com.adobe.xmp", "xmp")
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SETUP_LOCK = threading.Lock()
 _setup_done = False
 
@@ -67,7 +90,7 @@ class DecodedImage:
     """An opened image and facts about the file it came from.
 
     Attributes:
-        image: the pixels, RGB, EXIF orientation applied (maybe reduced by JPEG draft).
+        image: the pixels, RGB, EXIF orientation applied (reduced only with a draft size).
         width: width of the full-size image as displayed (after EXIF orientation).
         height: height of the full-size image as displayed.
         format: Pillow's format name ("JPEG", "PNG", "HEIF", ...), None if unknown.
@@ -77,6 +100,32 @@ class DecodedImage:
     width: int
     height: int
     format: str | None
+
+
+def decode_mode(fast_decode: bool) -> str:
+    """The decode mode's name for the `fast_decode` switch: `DECODE_FAST` or `DECODE_EXACT`.
+
+    Args:
+        fast_decode: whether large JPEGs decode at reduced scale.
+
+    Returns:
+        "fast" or "exact", to record with results.
+    """
+    return DECODE_FAST if fast_decode else DECODE_EXACT
+
+
+def draft_size_for(fast_decode: bool, image_size: int) -> int | None:
+    """The `draft_size` to decode with for a model input of `image_size` pixels.
+
+    Args:
+        fast_decode: the engine's switch.
+        image_size: the model's input size (its preprocess resizes to it).
+
+    Returns:
+        `image_size` when fast decoding (JPEGs then decode at the smallest 1/2, 1/4 or 1/8
+        scale whose sides stay >= image_size), None for exact decoding.
+    """
+    return image_size if fast_decode else None
 
 
 def _setup() -> None:
@@ -110,6 +159,8 @@ def _stat_reason(exc: OSError) -> str:
         return "permission denied"
     if isinstance(exc, IsADirectoryError):
         return "is a directory, not an image file"
+    if isinstance(exc, NotRegularFileError):
+        return f"{exc.strerror}, not an image file"
     return f"cannot read file ({exc.strerror or exc})"
 
 
@@ -124,19 +175,14 @@ def _open_stream(source: ImageSource, label: str) -> Iterator[BinaryIO]:
     if not isinstance(source, str | os.PathLike):
         yield _seekable(source, label)
         return
-    path = os.fspath(source)
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError(label, "is a directory, not an image file")
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError(label, "not a regular file (device, pipe or socket)")
-        if st.st_size == 0:
-            raise ImageError(label, "empty file (0 bytes)")
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
+        fh = open_regular(source)  # refuses FIFOs, sockets, devices without blocking
+        empty = os.fstat(fh.fileno()).st_size == 0
     except OSError as exc:
         raise ImageError(label, _stat_reason(exc)) from exc
     with fh:
+        if empty:
+            raise ImageError(label, "empty file (0 bytes)")
         yield fh
 
 
@@ -194,6 +240,18 @@ def _check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def _check_bytes(label: str, im: Image.Image, max_bytes: int) -> None:
+    """Refuse an image whose decoded buffer (W x H x bytes per pixel of its mode) is too big."""
+    per = bytes_per_pixel(im.mode)
+    need = im.width * im.height * per
+    if need > max_bytes:
+        raise ImageError(
+            label,
+            f"decoded image too large: {im.width}x{im.height} {im.mode} x {per} bytes per "
+            f"pixel = {need:,} bytes exceeds limit {max_bytes:,} bytes",
+        )
+
+
 def _orientation(im: Image.Image) -> int:
     try:
         return int(im.getexif().get(_ORIENTATION_TAG, 1))
@@ -206,80 +264,6 @@ def _oriented_size(im: Image.Image) -> tuple[int, int]:
     return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
 
 
-def _high_depth_to_l(im: Image.Image) -> Image.Image:
-    """16-bit integer, 32-bit integer or float greyscale -> 8-bit L, scaled, not clipped.
-
-    I;16 modes map 0..65535 to 0..255. Mode I maps by its value range: 0..255 as is,
-    0..65535 as 16-bit, anything else stretched min..max. Mode F maps 0..1 to 0..255,
-    0..255 as is, anything else stretched min..max. NaN/inf become 0.
-    """
-    arr = np.asarray(im).astype(np.float64)  # [H, W]
-    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if im.mode.startswith("I;16"):
-        scaled = arr / 257.0
-    elif im.mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scaled = arr * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        scaled = arr
-    elif im.mode == "I" and lo >= 0.0 and hi <= 65535.0:
-        scaled = arr / 257.0
-    else:
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-
-
-def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
-    """CMYK -> RGB through the embedded ICC profile when there is one, else Pillow's formula."""
-    icc = im.info.get("icc_profile")
-    if icc:
-        try:
-            from PIL import ImageCms
-
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            dst = ImageCms.createProfile("sRGB")
-            out = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
-            if out is not None:
-                return out
-        except Exception:  # a broken profile falls back to the plain conversion
-            pass
-    return im.convert("RGB")
-
-
-def _on_white(im: Image.Image) -> Image.Image:
-    """Composite an image with alpha onto a white background -> RGB."""
-    if im.mode == "La":  # premultiplied: Pillow converts it to RGBA only through LA
-        im = im.convert("LA")
-    rgba = im.convert("RGBA")
-    out = Image.new("RGB", rgba.size, (255, 255, 255))
-    out.paste(rgba, mask=rgba.getchannel("A"))
-    return out
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert an image of any Pillow mode to RGB, as a new image.
-
-    Alpha (RGBA, LA, PA, palette or greyscale transparency) is composited on white;
-    16-bit and float modes are scaled to 8 bits; CMYK goes through its ICC profile.
-
-    Args:
-        im: a loaded image in any mode.
-
-    Returns:
-        A new RGB image of the same size.
-    """
-    mode = im.mode
-    if mode in _HIGH_DEPTH_MODES:
-        return _high_depth_to_l(im).convert("RGB")
-    if mode == "CMYK":
-        return _cmyk_to_rgb(im)
-    if "A" in mode or "a" in mode or "transparency" in im.info:
-        return _on_white(im)
-    if mode == "RGB":
-        return im.copy()
-    return im.convert("RGB")
-
-
 def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
     """Image.open (header only); Pillow's soft bomb warning is muted: max_pixels rules."""
     try:
@@ -290,21 +274,48 @@ def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
         raise ImageError(label, _unidentified_reason(fp)) from exc
 
 
-def _decode(fp: BinaryIO, label: str, target_size: int | None, max_pixels: int) -> DecodedImage:
+def _replace(old: Image.Image, new: Image.Image) -> Image.Image:
+    """Free `old`'s pixels as soon as `new` replaces it (peak memory: two steps, not all)."""
+    if new is not old:
+        old.close()
+    return new
+
+
+def _to_oriented_rgb(im: Image.Image, orientation: int) -> Image.Image:
+    """A loaded image -> RGB with EXIF orientation applied, each intermediate freed at once.
+
+    High-depth modes are scaled to 8 bits before transposing (4x less to move); converting
+    and transposing commute (both act on each pixel alone / move whole pixels).
+    """
+    out = im
+    if out.mode in HIGH_DEPTH_MODES:
+        out = _replace(out, high_depth_to_l(out))
+    method = _TRANSPOSE.get(orientation)
+    if method is not None:
+        turned = out.transpose(method)
+        for key in _ORIENTATION_INFO:  # applied: no reader may apply it a second time
+            turned.info.pop(key, None)
+        out = _replace(out, turned)
+    return _replace(out, rgb_view(out))
+
+
+def _decode(fp: BinaryIO, label: str, draft_size: int | None, max_pixels: int,
+            max_bytes: int) -> DecodedImage:
     im = _open_header(fp, label)
-    with im:
+    try:
         _check_pixels(label, im.width, im.height, max_pixels)
+        orientation = _orientation(im)
         width, height = _oriented_size(im)
         fmt = im.format
-        if target_size and fmt in ("JPEG", "MPO"):
-            # Decode at 1/2, 1/4 or 1/8 scale, never below target_size on either side.
-            im.draft("RGB", (target_size, target_size))
+        if draft_size and fmt in ("JPEG", "MPO"):
+            # Decode at 1/2, 1/4 or 1/8 scale, never below draft_size on either side.
+            im.draft("RGB", (draft_size, draft_size))
+        _check_bytes(label, im, max_bytes)
         im.load()
-        try:
-            oriented = ImageOps.exif_transpose(im)
-        except Exception:  # broken EXIF never rejects an image
-            oriented = im
-        rgb = to_rgb(oriented)
+        rgb = _to_oriented_rgb(im, orientation)
+    except BaseException:
+        im.close()
+        raise
     return DecodedImage(rgb, width, height, fmt)
 
 
@@ -319,9 +330,10 @@ def _error_reason(exc: Exception) -> str:
 
 def decode_image(
     source: ImageSource,
-    target_size: int | None = None,
+    draft_size: int | None = None,
     *,
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODED_BYTES,
     name: str | None = None,
 ) -> DecodedImage:
     """Open an image safely and also report its full-size dimensions and format.
@@ -330,17 +342,20 @@ def decode_image(
 
     Args:
         source: a path, encoded image bytes, or a binary stream (left open).
-        target_size: the size the image will be resized to; large JPEGs decode at a reduced
-            scale whose shortest side stays >= target_size. None decodes at full size.
+        draft_size: None (default) decodes the whole image, exactly. A size asks for fast,
+            approximate decoding: large JPEGs decode at the smallest 1/2, 1/4 or 1/8 scale
+            whose sides stay >= draft_size (other formats are not affected).
         max_pixels: reject images whose header claims more than this many pixels.
+        max_bytes: reject images whose decoded buffer (width x height x bytes per pixel of
+            the file's mode, after any draft reduction) would be larger.
         name: how to name the source in errors (defaults to the path or "<bytes>").
 
     Returns:
         A `DecodedImage` with an RGB image and the original (oriented) width and height.
 
     Raises:
-        ImageError: the source is missing, unreadable, empty, not an image, truncated,
-            corrupt or too large; `reason` says which.
+        ImageError: the source is missing, not a regular file, unreadable, empty, not an
+            image, truncated, corrupt or too large; `reason` says which.
     """
     label = name or _label(source)
     _setup()
@@ -352,7 +367,7 @@ def decode_image(
         )
     try:
         with _open_stream(source, label) as fp:
-            return _decode(fp, label, target_size, max_pixels)
+            return _decode(fp, label, draft_size, max_pixels, max_bytes)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -363,9 +378,10 @@ def decode_image(
 
 def open_image(
     source: ImageSource,
-    target_size: int | None = None,
+    draft_size: int | None = None,
     *,
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODED_BYTES,
     name: str | None = None,
 ) -> Image.Image:
     """Open any image file or buffer as an RGB image, or raise `ImageError` with the reason.
@@ -373,9 +389,10 @@ def open_image(
     Args:
         source: a path (str or os.PathLike; non-UTF-8 names as produced by os.fsdecode work),
             encoded image bytes, or a binary stream (read, not closed).
-        target_size: the size the image will be resized to; large JPEGs then decode at a
-            reduced scale whose shortest side stays >= target_size. None decodes full size.
+        draft_size: None (default): the whole image, exactly as PIL decodes it. A size asks
+            for fast, approximate decoding of large JPEGs (see `decode_image`).
         max_pixels: reject images whose header claims more pixels, before decoding.
+        max_bytes: reject images whose decoded buffer would take more bytes, before decoding.
         name: how to name the source in errors (defaults to the path or "<bytes>").
 
     Returns:
@@ -383,15 +400,16 @@ def open_image(
         first frame/page only.
 
     Raises:
-        ImageError: missing, unreadable, empty, not an image, truncated, corrupt or a
-            decompression bomb.
+        ImageError: missing, not a regular file, unreadable, empty, not an image,
+            truncated, corrupt, a decompression bomb or over the byte cap.
 
     Example:
-        >>> im = open_image("photo.heic", target_size=224)
+        >>> im = open_image("photo.heic")
         >>> im.mode
         'RGB'
     """
-    return decode_image(source, target_size, max_pixels=max_pixels, name=name).image
+    return decode_image(source, draft_size, max_pixels=max_pixels, max_bytes=max_bytes,
+                        name=name).image
 
 
 def image_size_of(source: ImageSource, *, name: str | None = None) -> tuple[int, int]:
