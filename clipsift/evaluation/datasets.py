@@ -342,6 +342,7 @@ class DatasetEmbeddings:
         encoded: images that went through the model in this run.
         from_cache: vectors read from the embedding cache.
         from_index: vectors read from a clipsift index.
+        decode_mode: "exact", or "fast" when large JPEGs were decoded at reduced scale.
     """
 
     vectors: np.ndarray
@@ -350,6 +351,23 @@ class DatasetEmbeddings:
     encoded: int = 0
     from_cache: int = 0
     from_index: int = 0
+    decode_mode: str = "exact"
+
+
+def cache_namespace(model_name: str, decode_mode: str) -> str:
+    """The embedding cache's key for a model's vectors made with a decode mode.
+
+    Vectors of different decode modes are never mixed; entries written before the mode
+    was part of the key (made with reduced-scale JPEG decoding) are never read again.
+
+    Args:
+        model_name: the model's name.
+        decode_mode: "exact" or "fast" (`clipsift.inputs.images.decode_mode`).
+
+    Returns:
+        "<model name>|decode=<mode>".
+    """
+    return f"{model_name}|decode={decode_mode}"
 
 
 def default_cache_path() -> Path:
@@ -447,7 +465,8 @@ def _index_vectors(index: str | os.PathLike, model, items: Sequence[Item]) -> di
 
 def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = None,
                   index: str | os.PathLike | None = None, batch_size: int = 64,
-                  workers: int | None = None, progress=None) -> DatasetEmbeddings:
+                  workers: int | None = None, progress=None,
+                  fast_decode: bool = False) -> DatasetEmbeddings:
     """Embed every sample once: vectors come from `index`, then `cache`, then the model.
 
     Args:
@@ -455,13 +474,17 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
         dataset: from `load_dataset`.
         cache: where vectors are looked up and stored (None: no caching).
         index: a clipsift index built with the same model, read (never written).
-        batch_size, workers: as for `clipsift.engines.local.embed_items`.
+        batch_size, workers, fast_decode: as for `clipsift.engines.local.embed_items`
+            (vectors made with fast decoding are cached apart from exact ones).
         progress: called as progress(done, total) after each encoded batch.
     Returns:
         DatasetEmbeddings; unreadable images are listed in `failures`, not raised.
     """
     from clipsift.engines.local import embed_items
+    from clipsift.inputs.images import decode_mode
 
+    mode = decode_mode(fast_decode)
+    space = cache_namespace(model.name, mode)
     items = [s.item for s in dataset.samples]
     found: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
@@ -469,7 +492,7 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
         found.update(_index_vectors(index, model, items))
     n_index = len(found)
     if cache is not None:
-        for key, (blob, err) in cache.get(model.name, [i for i in items if i.key not in found]
+        for key, (blob, err) in cache.get(space, [i for i in items if i.key not in found]
                                           ).items():
             if blob is not None:
                 found[key] = np.frombuffer(blob, "<f4").astype(np.float32)
@@ -479,14 +502,15 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
     todo = list({it.key: it for it in items if it.key not in found and it.key not in errors
                  }.values())
     done = 0
-    for batch in embed_items(model, todo, batch_size=batch_size, workers=workers):
+    for batch in embed_items(model, todo, batch_size=batch_size, workers=workers,
+                             fast_decode=fast_decode):
         for r in batch:
             if r.vector is not None:
                 found[r.item.key] = r.vector
             else:
                 errors[r.item.key] = r.error or "unreadable"
         if cache is not None:
-            cache.put(model.name, [(r.item, r.vector, r.error) for r in batch])
+            cache.put(space, [(r.item, r.vector, r.error) for r in batch])
         done += len(batch)
         if progress is not None:
             progress(done, len(todo))
@@ -495,4 +519,5 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
             else np.zeros((0, model.dim), np.float32))
     failures = [(s.key, errors[s.key]) for s in dataset.samples if s.key in errors]
     return DatasetEmbeddings(vecs.astype(np.float32), np.asarray(rows, np.int64), failures,
-                             encoded=len(todo), from_cache=n_cache, from_index=n_index)
+                             encoded=len(todo), from_cache=n_cache, from_index=n_index,
+                             decode_mode=mode)

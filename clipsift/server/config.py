@@ -40,13 +40,18 @@ class ServerSettings:
         max_body_bytes: larger request bodies get 413.
         max_image_bytes: larger single images get 413.
         max_pixels: decompression-bomb cap (width x height) for uploaded images.
+        max_decoded_bytes: cap on one image's decoded buffer (width x height x bytes per
+            pixel of its mode: 4 for RGB and 32-bit float, 2 for 16-bit), checked on the
+            header; the default admits every image under `max_pixels` (8000x8000 float).
         max_k: largest k for searches.
         max_texts / max_images: largest batch a single embed request may carry.
         max_prompts: labels x templates cap for one classification.
         hide_paths: leave server file paths out of search results (names only).
         url_fetch_timeout_s / url_fetch_max_bytes: limits of URL fetching.
         thumbnail_cache: thumbnails kept in memory (LRU).
-        decode_concurrency: images decoded at once (bounds memory under load).
+        decode_concurrency: images decoded at once, uploads and thumbnails together: with
+            the defaults, 4 worst-case decodes (8000x8000 float TIFFs or 16-bit PNGs, about
+            +0.35 GB each) run at once and the rest wait (docs/benchmarks-server.md).
         search_threads: FAISS (OpenMP) threads for index searches, process-wide; None keeps
             FAISS's default (all cores). 1 avoids OpenMP oversubscription on a busy
             machine; batched searches are efficient on one thread.
@@ -66,6 +71,7 @@ class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 64_000_000
+    max_decoded_bytes: int = 256_000_000
     max_k: int = 200
     max_texts: int = 256
     max_images: int = 32
@@ -91,8 +97,8 @@ class ServerSettings:
                 raise UsageError(f"bad CORS origin {origin!r}: give scheme://host[:port], "
                                  "no trailing slash, e.g. http://localhost:3000")
         positive = ("max_batch", "max_queue", "max_body_bytes", "max_image_bytes",
-                    "max_pixels", "max_k", "max_texts", "max_images", "max_prompts",
-                    "decode_concurrency")
+                    "max_pixels", "max_decoded_bytes", "max_k", "max_texts", "max_images",
+                    "max_prompts", "decode_concurrency")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -4,9 +4,11 @@ Three batchers do the heavy work, each in its own thread:
     text    texts -> one `encode_texts` forward pass
     image   preprocessed pixels -> one `encode_pixels` forward pass
     search  query vectors -> one FAISS search over the index (+ one catalog read)
-Image decoding runs in worker threads, a few at a time (`decode_concurrency`), before
-the pixels join a batch, so a bad upload fails alone. All index/store access holds
-`index_lock` (one SQLite connection and one FAISS index are shared).
+Image decoding runs in worker threads, a few at a time (`decode_concurrency`, shared by
+uploads and thumbnails: it bounds the memory of decoding), exactly (whole image, as the
+bulk pipeline decodes a file), before the pixels join a batch, so a bad upload fails alone.
+All index/store access holds `index_lock` (one SQLite connection and one FAISS index are
+shared).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class Service:
         self.settings = settings
         self.index_lock = threading.Lock()
         self.decode_limiter = anyio.CapacityLimiter(settings.decode_concurrency)
-        self.thumbs = Thumbnails(settings.thumbnail_cache, settings.max_pixels)
+        self.thumbs = Thumbnails(settings.thumbnail_cache, settings.max_pixels,
+                                 max_bytes=settings.max_decoded_bytes)
         self._class_weights: LRU[tuple, np.ndarray] = LRU(64)
 
         self._metrics = metrics
@@ -173,9 +176,9 @@ class Service:
     async def _pixels(self, data: bytes, name: str) -> torch.Tensor:
         self.check_image_size(len(data), name)
 
-        def decode() -> torch.Tensor:
-            image = open_image(data, self.model.image_size,
-                               max_pixels=self.settings.max_pixels, name=name)
+        def decode() -> torch.Tensor:  # exact: the same pixels as a file in the index
+            image = open_image(data, max_pixels=self.settings.max_pixels,
+                               max_bytes=self.settings.max_decoded_bytes, name=name)
             return self.model.preprocess(image)
 
         return await anyio.to_thread.run_sync(decode, limiter=self.decode_limiter)
