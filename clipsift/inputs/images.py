@@ -25,7 +25,6 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -35,9 +34,16 @@ from typing import BinaryIO
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from clipsift.errors import ImageError
-from clipsift.inputs.files import NotRegularFileError, open_regular
-from clipsift.inputs.modes import HIGH_DEPTH_MODES, bytes_per_pixel, high_depth_to_l, rgb_view
+from clipsift.inputs.files import open_regular
+from clipsift.inputs.modes import (
+    HIGH_DEPTH_MODES,
+    bytes_per_pixel,
+    orientation,
+    oriented_size,
+    to_oriented_rgb,
+)
 from clipsift.inputs.modes import to_rgb as to_rgb
+from clipsift.inputs.reasons import bomb_reason, error_reason, stat_reason, unidentified_reason
 
 #: Default cap on width x height, checked on the header before decoding (Pillow's hard limit).
 MAX_PIXELS = 178_956_970
@@ -72,15 +78,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(_BASE_EXTENSIONS + _optional_extens
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
-_ORIENTATION_TAG = 0x0112
-#: Metadata that can carry an orientation (EXIF, XMP's tiff:Orientation).
-_ORIENTATION_INFO = ("exif", "XML:com.adobe.xmp", "xmp")
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _SETUP_LOCK = threading.Lock()
 _setup_done = False
 
@@ -152,18 +149,6 @@ def _label(source: ImageSource) -> str:
     return name if isinstance(name, str) else "<stream>"
 
 
-def _stat_reason(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not an image file"
-    if isinstance(exc, NotRegularFileError):
-        return f"{exc.strerror}, not an image file"
-    return f"cannot read file ({exc.strerror or exc})"
-
-
 @contextlib.contextmanager
 def _open_stream(source: ImageSource, label: str) -> Iterator[BinaryIO]:
     """Yield a seekable binary stream over `source`; raise ImageError for unreadable input."""
@@ -179,7 +164,7 @@ def _open_stream(source: ImageSource, label: str) -> Iterator[BinaryIO]:
         fh = open_regular(source)  # refuses FIFOs, sockets, devices without blocking
         empty = os.fstat(fh.fileno()).st_size == 0
     except OSError as exc:
-        raise ImageError(label, _stat_reason(exc)) from exc
+        raise ImageError(label, stat_reason(exc)) from exc
     with fh:
         if empty:
             raise ImageError(label, "empty file (0 bytes)")
@@ -198,37 +183,6 @@ def _seekable(stream: BinaryIO, label: str) -> BinaryIO:
     if empty:
         raise ImageError(label, "empty data (0 bytes)")
     return stream
-
-
-def _unidentified_reason(fp: BinaryIO) -> str:
-    """Explain why Pillow could not identify the data: text, unsupported HEIC/AVIF, garbage."""
-    try:
-        fp.seek(0)
-        head = fp.read(512)
-    except (OSError, ValueError):
-        head = b""
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"heif"):
-            return "HEIC/HEIF image, but pillow-heif is not installed (pip install pillow-heif)"
-        if brand in (b"avif", b"avis"):
-            return "AVIF image, but this Pillow has no AVIF support"
-    if head and b"\x00" not in head:
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            return "not an image: the file holds text"
-    return "not a recognised image format (unknown type or corrupt header)"
-
-
-def _bomb_reason(exc: Exception, max_pixels: int) -> str:
-    """Reason for Pillow's own DecompressionBombError (it does not give width and height)."""
-    found = re.search(r"\((\d+) pixels\)", str(exc))
-    pixels = found.group(1) if found else "too many"
-    limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
-    return f"decompression bomb: {pixels} pixels exceeds limit {limit}"
 
 
 def _check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
@@ -252,18 +206,6 @@ def _check_bytes(label: str, im: Image.Image, max_bytes: int) -> None:
         )
 
 
-def _orientation(im: Image.Image) -> int:
-    try:
-        return int(im.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception:  # broken EXIF never rejects an image
-        return 1
-
-
-def _oriented_size(im: Image.Image) -> tuple[int, int]:
-    w, h = im.size
-    return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
-
-
 def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
     """Image.open (header only); Pillow's soft bomb warning is muted: max_pixels rules."""
     try:
@@ -271,32 +213,7 @@ def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(fp)
     except UnidentifiedImageError as exc:
-        raise ImageError(label, _unidentified_reason(fp)) from exc
-
-
-def _replace(old: Image.Image, new: Image.Image) -> Image.Image:
-    """Free `old`'s pixels as soon as `new` replaces it (peak memory: two steps, not all)."""
-    if new is not old:
-        old.close()
-    return new
-
-
-def _to_oriented_rgb(im: Image.Image, orientation: int) -> Image.Image:
-    """A loaded image -> RGB with EXIF orientation applied, each intermediate freed at once.
-
-    High-depth modes are scaled to 8 bits before transposing (4x less to move); converting
-    and transposing commute (both act on each pixel alone / move whole pixels).
-    """
-    out = im
-    if out.mode in HIGH_DEPTH_MODES:
-        out = _replace(out, high_depth_to_l(out))
-    method = _TRANSPOSE.get(orientation)
-    if method is not None:
-        turned = out.transpose(method)
-        for key in _ORIENTATION_INFO:  # applied: no reader may apply it a second time
-            turned.info.pop(key, None)
-        out = _replace(out, turned)
-    return _replace(out, rgb_view(out))
+        raise ImageError(label, unidentified_reason(fp)) from exc
 
 
 def _decode(fp: BinaryIO, label: str, draft_size: int | None, max_pixels: int,
@@ -304,28 +221,19 @@ def _decode(fp: BinaryIO, label: str, draft_size: int | None, max_pixels: int,
     im = _open_header(fp, label)
     try:
         _check_pixels(label, im.width, im.height, max_pixels)
-        orientation = _orientation(im)
-        width, height = _oriented_size(im)
+        turn = orientation(im)
+        width, height = oriented_size(im)
         fmt = im.format
         if draft_size and fmt in ("JPEG", "MPO"):
             # Decode at 1/2, 1/4 or 1/8 scale, never below draft_size on either side.
             im.draft("RGB", (draft_size, draft_size))
         _check_bytes(label, im, max_bytes)
         im.load()
-        rgb = _to_oriented_rgb(im, orientation)
+        rgb = to_oriented_rgb(im, turn)
     except BaseException:
         im.close()
         raise
     return DecodedImage(rgb, width, height, fmt)
-
-
-def _error_reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, MemoryError):
-        return "out of memory while decoding"
-    if isinstance(exc, OSError) and "truncated" in text:
-        return f"truncated image data ({text})"
-    return f"corrupt or unsupported image data ({type(exc).__name__}: {text})"
 
 
 def decode_image(
@@ -371,9 +279,9 @@ def decode_image(
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(label, _bomb_reason(exc, max_pixels)) from exc
+        raise ImageError(label, bomb_reason(exc, max_pixels)) from exc
     except Exception as exc:  # any decoder failure is a per-image error, never a crash
-        raise ImageError(label, _error_reason(exc)) from exc
+        raise ImageError(label, error_reason(exc)) from exc
 
 
 def open_image(
@@ -412,6 +320,37 @@ def open_image(
                         name=name).image
 
 
+def decode_cost(source: ImageSource, draft_size: int | None = None, *, rgb_copies: int = 1,
+                name: str | None = None) -> int:
+    """Bytes a decode of `source` will hold at its peak, estimated from the header.
+
+    The decoded buffer (width x height x bytes per pixel of the file's mode, after any
+    draft reduction) plus `rgb_copies` RGB images (4 bytes per pixel in Pillow), plus the
+    8-bit copy of a 16-bit or float image. Used to budget concurrent decodes (the server).
+
+    Args:
+        source: a path, encoded image bytes, or a binary stream.
+        draft_size: as for `decode_image`.
+        rgb_copies: full-size RGB images alive at once: 1 for the result; 2 when a
+            model's preprocess converts it to RGB again (open_clip's does: a copy).
+        name: how to name the source in errors.
+
+    Returns:
+        The estimate in bytes; 0 when the header cannot be read (decoding will say why).
+    """
+    label = name or _label(source)
+    _setup()
+    try:
+        with _open_stream(source, label) as fp, _open_header(fp, label) as im:
+            if draft_size and im.format in ("JPEG", "MPO"):
+                im.draft("RGB", (draft_size, draft_size))
+            pixels = im.width * im.height
+            extra = pixels if im.mode in HIGH_DEPTH_MODES else 0
+            return pixels * (bytes_per_pixel(im.mode) + 4 * rgb_copies) + extra
+    except Exception:  # a bad header costs nothing here; decoding reports it
+        return 0
+
+
 def image_size_of(source: ImageSource, *, name: str | None = None) -> tuple[int, int]:
     """Width and height of an image as displayed (EXIF orientation applied), header only.
 
@@ -429,10 +368,10 @@ def image_size_of(source: ImageSource, *, name: str | None = None) -> tuple[int,
     _setup()
     try:
         with _open_stream(source, label) as fp, _open_header(fp, label) as im:
-            return _oriented_size(im)
+            return oriented_size(im)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(label, _bomb_reason(exc, MAX_PIXELS)) from exc
+        raise ImageError(label, bomb_reason(exc, MAX_PIXELS)) from exc
     except Exception as exc:
-        raise ImageError(label, _error_reason(exc)) from exc
+        raise ImageError(label, error_reason(exc)) from exc

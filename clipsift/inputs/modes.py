@@ -1,4 +1,5 @@
-"""Pixel modes -> RGB: alpha on white, 16-bit and float scaled, CMYK through its ICC profile.
+"""Pixel modes -> RGB: alpha on white, 16-bit and float scaled, CMYK through its ICC profile,
+and EXIF orientation applied.
 
 Used by `clipsift.inputs.images` after decoding. High-depth images are scaled block by block
 (a few MB at a time), so converting an 8000x8000 float TIFF costs its 64 MB 8-bit result,
@@ -149,3 +150,53 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """
     out = rgb_view(im)
     return out.copy() if out is im else out
+
+
+_ORIENTATION_TAG = 0x0112
+#: Metadata that can carry an orientation (EXIF, XMP's tiff:Orientation).
+_ORIENTATION_INFO = ("exif", "XML:com.adobe.xmp", "xmp")
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF/TIFF/XMP orientation (1-8) of an opened image; 1 when absent or broken."""
+    try:
+        return int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # broken EXIF never rejects an image
+        return 1
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed, orientation applied, from the header."""
+    w, h = im.size
+    return (h, w) if orientation(im) in (5, 6, 7, 8) else (w, h)
+
+
+def _replace(old: Image.Image, new: Image.Image) -> Image.Image:
+    """Free `old`'s pixels as soon as `new` replaces it (peak memory: two steps, not all)."""
+    if new is not old:
+        old.close()
+    return new
+
+
+def to_oriented_rgb(im: Image.Image, turn: int) -> Image.Image:
+    """A loaded image -> RGB with EXIF orientation applied, each intermediate freed at once.
+
+    High-depth modes are scaled to 8 bits before transposing (4x less to move); converting
+    and transposing commute (both act on each pixel alone / move whole pixels).
+    """
+    out = im
+    if out.mode in HIGH_DEPTH_MODES:
+        out = _replace(out, high_depth_to_l(out))
+    method = _TRANSPOSE.get(turn)
+    if method is not None:
+        turned = out.transpose(method)
+        for key in _ORIENTATION_INFO:  # applied: no reader may apply it a second time
+            turned.info.pop(key, None)
+        out = _replace(out, turned)
+    return _replace(out, rgb_view(out))

@@ -49,9 +49,11 @@ class ServerSettings:
         hide_paths: leave server file paths out of search results (names only).
         url_fetch_timeout_s / url_fetch_max_bytes: limits of URL fetching.
         thumbnail_cache: thumbnails kept in memory (LRU).
-        decode_concurrency: images decoded at once, uploads and thumbnails together: with
-            the defaults, 4 worst-case decodes (8000x8000 float TIFFs or 16-bit PNGs, about
-            +0.35 GB each) run at once and the rest wait (docs/benchmarks-server.md).
+        decode_concurrency: images decoded at once, uploads and thumbnails together.
+        decode_memory_bytes: estimated peak memory of the decodes running at once (decoded
+            buffer + RGB result + the preprocess's RGB copy, from each header): photos
+            decode side by side (a 12 MP JPEG counts 144 MB), huge ones (an 8000x8000
+            float TIFF: 832 MB) one at a time; measured peaks: docs/benchmarks-server.md.
         search_threads: FAISS (OpenMP) threads for index searches, process-wide; None keeps
             FAISS's default (all cores). 1 avoids OpenMP oversubscription on a busy
             machine; batched searches are efficient on one thread.
@@ -81,6 +83,7 @@ class ServerSettings:
     url_fetch_max_bytes: int = 10 * 1024 * 1024
     thumbnail_cache: int = 512
     decode_concurrency: int = 4
+    decode_memory_bytes: int = 1024 * 1024 * 1024
     search_threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -98,7 +101,7 @@ class ServerSettings:
                                  "no trailing slash, e.g. http://localhost:3000")
         positive = ("max_batch", "max_queue", "max_body_bytes", "max_image_bytes",
                     "max_pixels", "max_decoded_bytes", "max_k", "max_texts", "max_images",
-                    "max_prompts", "decode_concurrency")
+                    "max_prompts", "decode_concurrency", "decode_memory_bytes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")

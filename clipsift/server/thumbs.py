@@ -11,15 +11,19 @@ ever leave the server.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from clipsift.errors import ImageError
-from clipsift.inputs.images import MAX_DECODED_BYTES
+from clipsift.inputs.images import MAX_DECODED_BYTES, decode_cost
 from clipsift.inputs.keys import KeyReader
 from clipsift.inputs.thumbnails import thumbnail_bytes
+
+if TYPE_CHECKING:
+    from clipsift.server.decoding import DecodeBudget
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -56,10 +60,12 @@ class Thumbnails:
 
     def __init__(self, capacity: int, max_pixels: int,
                  reader: Callable[[str], bytes] | None = None,
-                 max_bytes: int = MAX_DECODED_BYTES) -> None:
+                 max_bytes: int = MAX_DECODED_BYTES,
+                 budget: DecodeBudget | None = None) -> None:
         self.cache: LRU[tuple[int, str, int], bytes] = LRU(capacity)
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
+        self.budget = budget
         self.reader = reader or KeyReader().read
 
     def get(self, item_id: int, key: str, digest: str, size: int) -> bytes:
@@ -73,7 +79,10 @@ class Thumbnails:
         except OSError as ex:
             raise ImageError(f"item {item_id}", f"cannot read the image any more: "
                              f"{ex.strerror or ex}") from ex
-        thumb = thumbnail_bytes(data, size, max_pixels=self.max_pixels,
-                                max_bytes=self.max_bytes, name=f"item {item_id}")
+        held = (self.budget.reserve(decode_cost(data, size)) if self.budget is not None
+                else contextlib.nullcontext())
+        with held:
+            thumb = thumbnail_bytes(data, size, max_pixels=self.max_pixels,
+                                    max_bytes=self.max_bytes, name=f"item {item_id}")
         self.cache.put(cache_key, thumb)
         return thumb

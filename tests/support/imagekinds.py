@@ -74,3 +74,18 @@ def reference_rgb(path: Path) -> Image.Image:
         white.paste(rgba, mask=rgba.getchannel("A"))
         im = white
     return im.convert("RGB")
+
+
+def write_worst_cases(folder: Path, side: int = 8000) -> dict[str, Path]:
+    """Small files that decode huge (issue 21): a float32 TIFF and a 16-bit greyscale PNG of
+    side x side pixels (8000: 256 MB and 128 MB decoded, from about 0.5 MB and 0.15 MB)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = (np.arange(side) // max(1, side // 8)).astype(np.float32)
+    floats = np.broadcast_to(steps[None, :] / 8, (side, side))
+    out = {"float.tif": folder / "float.tif", "deep16.png": folder / "deep16.png"}
+    Image.fromarray(np.ascontiguousarray(floats), "F").save(out["float.tif"],
+                                                            compression="tiff_adobe_deflate")
+    ramp = (steps * 8000).astype(np.uint16)
+    Image.fromarray(np.ascontiguousarray(np.broadcast_to(ramp[None, :], (side, side)))).save(
+        out["deep16.png"])
+    return out
