@@ -171,3 +171,30 @@ def test_bytes_and_stream_sources_equal_the_file(kinds):
         ref = np.asarray(reference_rgb(path))
         assert np.array_equal(np.asarray(open_image(path.read_bytes())), ref)
         assert np.array_equal(np.asarray(open_image(io.BytesIO(path.read_bytes()))), ref)
+
+
+@pytest.mark.parametrize("command", ["embed", "similarity", "classify", "index", "filter",
+                                     "dedup", "unique", "evaluate"])
+def test_every_decoding_command_has_fast_decode(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "--fast-decode" in capsys.readouterr().out
+
+
+def test_index_with_fast_decode_gets_approximate_vectors(tiny_vit, kinds, reference,
+                                                         tmp_path):
+    """`clipsift index --fast-decode` really decodes fast (the engine carries the mode)."""
+    from clipsift.index.index import Index
+
+    name = f"TinyViT-quickgelu:{tiny_vit['safetensors']}"
+    big = str(kinds["big.jpg"])
+    vecs = {}
+    for flag in ([], ["--fast-decode"]):
+        db = tmp_path / f"i{len(flag)}.db"
+        assert main(["index", big, "-i", str(db), "-m", name, "-q", "--workers", "0",
+                     *flag]) == 0
+        with Index(db, create=False) as idx:
+            (item_id,) = [r.id for r in idx.store.iter_rows()]
+            vecs[bool(flag)] = idx.store.get_vectors([item_id])[1][0].astype(np.float32)
+    half = reference["big.jpg"].astype(np.float16).astype(np.float32)  # stored as float16
+    assert np.max(np.abs(vecs[False] - half)) <= 1e-3  # exact by default
+    assert not np.array_equal(vecs[True], vecs[False])  # --fast-decode: other pixels
