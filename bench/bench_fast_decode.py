@@ -2,17 +2,20 @@
 whole) against reduced-scale JPEG decoding (`fast_decode=True`: JPEG draft at 1/2-1/8
 scale, never below the model's 224 px input), ViT-B-32 with random weights.
 
-    .venv/bin/python bench/bench_fast_decode.py --workdir /tmp/benchL --large 200 \
+    .venv/bin/python bench/bench_fast_decode.py --workdir /tmp/benchFD --large 200 \
         --json bench/results/fast-decode.json
 
 Sets: the 1,000 ImageNet sample photos (../shared/data, typically 500x375) and `--large`
 JPEGs of 3, 6, 9 and 12 megapixels made by upscaling them (bench/_common.make_large).
 For each set and mode, in alternating order per round:
-  decode only  open + preprocess every file in this process, one thread (images/s);
-  end to end   `embed_items` with its default decode workers (images/s);
-and, once per set, the cosine between each image's fast and exact vectors (min, 1st
-percentile, median, mean). Random weights: cosines measure how much the pixels moved as
-this architecture sees them; trained weights may react differently.
+  decode only  open + preprocess every file in this process, one thread;
+  end to end   `embed_items(workers=0)`: decode threads + encoder in this process;
+each as wall-clock images/s and as CPU milliseconds per image (this process's CPU time,
+all threads: the figure that holds on a machine shared with other jobs, where wall-clock
+rates drift by several times), and, once per set, the cosine between each image's fast
+and exact vectors (min, 1st percentile, median, mean). Random weights: cosines measure
+how much the pixels moved as this architecture sees them; trained weights may react
+differently.
 """
 
 from __future__ import annotations
@@ -41,27 +44,37 @@ from bench._common import (
 MODES = {"exact": False, "fast": True}
 
 
-def decode_rate(model, files: list[Path], fast: bool) -> float:
-    """Images/s of open + preprocess alone, one thread, this process."""
+def _timed(fn, n: int) -> tuple[Any, float, float]:
+    """(fn(), images/s wall-clock, CPU ms per image of this process, all threads)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return out, n / wall, 1000 * cpu / n
+
+
+def decode_only(model, files: list[Path], fast: bool) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of open + preprocess alone, one thread."""
     from clipsift.inputs.images import draft_size_for, open_image
 
     draft = draft_size_for(fast, model.image_size)
-    start = time.perf_counter()
-    for f in files:
-        model.preprocess(open_image(f, draft))
-    return len(files) / (time.perf_counter() - start)
+    _, rate, cpu = _timed(lambda: [model.preprocess(open_image(f, draft)) for f in files],
+                          len(files))
+    return rate, cpu
 
 
-def embed(model, files: list[Path], fast: bool) -> tuple[float, np.ndarray]:
-    """(images/s end to end, vectors [N, D]) through the bulk pipeline, default workers."""
+def embed(model, files: list[Path], fast: bool) -> tuple[float, float, np.ndarray]:
+    """(images/s, CPU ms per image, vectors [N, D]) through the bulk pipeline, in-process
+    (workers=0, so every CPU second is this process's)."""
     from clipsift.engines.local import embed_items
     from clipsift.inputs.sources import iter_items
 
-    start = time.perf_counter()
-    vecs = [r.vector for b in embed_items(model, iter_items([str(f) for f in files]),
-                                          batch_size=64, fast_decode=fast) for r in b]
-    rate = len(files) / (time.perf_counter() - start)
-    return rate, np.stack(vecs)
+    def run() -> list[np.ndarray]:
+        return [r.vector for b in embed_items(model, iter_items([str(f) for f in files]),
+                                              batch_size=64, workers=0, fast_decode=fast)
+                for r in b]
+
+    vecs, rate, cpu = _timed(run, len(files))
+    return rate, cpu, np.stack(vecs)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -71,25 +84,26 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
             "below_0.999": int((cos < 0.999).sum()), "n": len(cos)}
 
 
+def _speedup(cpu: dict[str, list[float]]) -> float:
+    """Median over rounds of exact CPU / fast CPU per image."""
+    return statistics.median(e / f for e, f in zip(cpu["exact"], cpu["fast"], strict=True))
+
+
 def run_set(model, name: str, files: list[Path], rounds: int) -> dict[str, Any]:
-    decode = {m: [] for m in MODES}
-    end_to_end = {m: [] for m in MODES}
+    keys = ("decode_per_s", "decode_cpu_ms", "end_to_end_per_s", "end_to_end_cpu_ms")
+    out: dict[str, dict[str, list[float]]] = {k: {m: [] for m in MODES} for k in keys}
     vectors: dict[str, np.ndarray] = {}
     for r in range(rounds):
         for mode in (list(MODES) if r % 2 == 0 else list(MODES)[::-1]):
-            decode[mode].append(decode_rate(model, files, MODES[mode]))
-            rate, vecs = embed(model, files, MODES[mode])
-            end_to_end[mode].append(rate)
-            vectors[mode] = vecs
-            print(f"{name} round {r} {mode}: decode {decode[mode][-1]:.1f}/s, end to end "
-                  f"{rate:.2f}/s (load {load_avg()})", flush=True)
-    ratio = [f / e for f, e in zip(end_to_end["fast"], end_to_end["exact"], strict=True)]
-    dratio = [f / e for f, e in zip(decode["fast"], decode["exact"], strict=True)]
-    return {"set": name, "files": len(files), "decode_per_s": decode,
-            "end_to_end_per_s": end_to_end, "fast_over_exact_end_to_end": ratio,
-            "fast_over_exact_decode": dratio,
-            "median_speedup_end_to_end": statistics.median(ratio),
-            "median_speedup_decode": statistics.median(dratio),
+            d_rate, d_cpu = decode_only(model, files, MODES[mode])
+            e_rate, e_cpu, vectors[mode] = embed(model, files, MODES[mode])
+            for key, value in zip(keys, (d_rate, d_cpu, e_rate, e_cpu), strict=True):
+                out[key][mode].append(round(value, 3))
+            print(f"{name} round {r} {mode}: decode {d_rate:.1f}/s {d_cpu:.1f} ms CPU, end "
+                  f"to end {e_rate:.2f}/s {e_cpu:.0f} ms CPU (load {load_avg()})", flush=True)
+    return {"set": name, "files": len(files), **out,
+            "cpu_speedup_decode": _speedup(out["decode_cpu_ms"]),
+            "cpu_speedup_end_to_end": _speedup(out["end_to_end_cpu_ms"]),
             "cosine_fast_to_exact": cosines(vectors["fast"], vectors["exact"]),
             "load_avg": load_avg()}
 
@@ -117,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     result["load_after"] = load_avg()
     for s in result["sets"]:
         c = s["cosine_fast_to_exact"]
-        print(f"{s['set']}: end to end x{s['median_speedup_end_to_end']:.2f}, decode "
-              f"x{s['median_speedup_decode']:.2f}; cosine min {c['min']:.5f}, p1 "
+        print(f"{s['set']}: CPU per image, end to end x{s['cpu_speedup_end_to_end']:.2f}, "
+              f"decode x{s['cpu_speedup_decode']:.2f}; cosine min {c['min']:.5f}, p1 "
               f"{c['p1']:.5f}, median {c['median']:.6f}")
     if args.json:
         write_json(Path(args.json), result)
