@@ -53,12 +53,20 @@ def _timed(fn, n: int) -> tuple[Any, float, float]:
 
 
 def decode_only(model, files: list[Path], fast: bool) -> tuple[float, float]:
-    """(images/s, CPU ms per image) of open + preprocess alone, one thread."""
+    """(images/s, CPU ms per image) of open + preprocess alone, one thread (torch too, as
+    in a decode worker: idle intra-op threads would spin and count as CPU)."""
+    import torch
+
     from clipsift.inputs.images import draft_size_for, open_image
 
     draft = draft_size_for(fast, model.image_size)
-    _, rate, cpu = _timed(lambda: [model.preprocess(open_image(f, draft)) for f in files],
-                          len(files))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, rate, cpu = _timed(lambda: [model.preprocess(open_image(f, draft)) for f in files],
+                              len(files))
+    finally:
+        torch.set_num_threads(threads)
     return rate, cpu
 
 

@@ -3,8 +3,9 @@ clients upload, all at once, small files that decode huge: 8000x8000 float32 TIF
 256 MB decoded) and 16-bit PNGs (0.14 MB, 128 MB decoded), half of each.
 
 The server runs in its own process on 127.0.0.1 with its default limits (decode
-concurrency 4); its peak resident memory is read from /proc/PID/status (VmHWM) before and
-after the uploads.
+concurrency 4, decode memory budget 1 GiB); its peak resident memory is read from
+/proc/PID/status (VmHWM, which includes the model-loading peak at start-up) before and
+after the uploads, and its resident memory (VmRSS) is sampled every 20 ms during them.
 
     .venv/bin/python bench/bench_server_memory.py --clients 8 \
         --json bench/results/server-memory.json
@@ -73,8 +74,18 @@ def run(model: str, clients: int, workdir: Path) -> dict:
     proc = start(model, port, workdir / "server.log")
     try:
         idle = _status(proc.pid, "VmHWM")
+        idle_rss = _status(proc.pid, "VmRSS")
         results: list[tuple[str, int, float]] = [("", 0, 0.0)] * clients
         barrier = threading.Barrier(clients)
+        sampled = [idle_rss]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                sampled.append(_status(proc.pid, "VmRSS"))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
 
         def upload(i: int) -> None:
             path = files[i % len(files)]
@@ -91,12 +102,16 @@ def run(model: str, clients: int, workdir: Path) -> dict:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
         peak = _status(proc.pid, "VmHWM")
+        after_rss = _status(proc.pid, "VmRSS")
     finally:
         proc.terminate()
         proc.wait(30)
     return {"model": model, "clients": clients, "idle_peak_mb": idle, "peak_mb": peak,
-            "added_mb": peak - idle, "wall_s": round(wall, 2),
+            "idle_rss_mb": idle_rss, "max_rss_during_mb": max(sampled),
+            "rss_after_mb": after_rss, "wall_s": round(wall, 2),
             "uploads": [{"file": f, "status": s, "seconds": round(t, 2)}
                         for f, s, t in results]}
 
@@ -108,6 +123,7 @@ def main() -> None:
                     help="'vit-b-32-random' (open_clip ViT-B-32, random weights) or a name")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench-mem")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--label", default="", help="what code this run measured (recorded)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.model
@@ -115,11 +131,14 @@ def main() -> None:
         model = f"ViT-B-32:{vit_b32_weights(args.workdir)}"
     before = load_avg()
     result = run(model, args.clients, args.workdir)
-    out = {"machine": machine_info(), "loadavg_before": before, "loadavg_after": load_avg(),
+    out = {"label": args.label, "machine": machine_info(), "loadavg_before": before,
+           "loadavg_after": load_avg(),
            "command": " ".join(["bench/bench_server_memory.py", *sys.argv[1:]]), **result}
-    print(f"{args.clients} concurrent worst-case uploads: idle peak {result['idle_peak_mb']} "
-          f"MB -> peak {result['peak_mb']} MB (+{result['added_mb']} MB) in "
-          f"{result['wall_s']} s; statuses {[u['status'] for u in result['uploads']]}")
+    print(f"{args.clients} concurrent worst-case uploads: peak RSS {result['peak_mb']} MB "
+          f"(at start-up {result['idle_peak_mb']} MB); RSS idle {result['idle_rss_mb']} MB, "
+          f"max during uploads {result['max_rss_during_mb']} MB, after "
+          f"{result['rss_after_mb']} MB; {result['wall_s']} s; statuses "
+          f"{[u['status'] for u in result['uploads']]}")
     if args.json:
         write_json(args.json, out)
 
