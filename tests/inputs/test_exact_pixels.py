@@ -198,3 +198,15 @@ def test_index_with_fast_decode_gets_approximate_vectors(tiny_vit, kinds, refere
     half = reference["big.jpg"].astype(np.float16).astype(np.float32)  # stored as float16
     assert np.max(np.abs(vecs[False] - half)) <= 1e-3  # exact by default
     assert not np.array_equal(vecs[True], vecs[False])  # --fast-decode: other pixels
+
+
+def test_orientation_is_applied_once(kinds):
+    """The result carries no orientation any more: a caller applying EXIF again (as PIL
+    users do) gets the same pixels, not a second rotation."""
+    from PIL import ImageOps
+
+    for name in ("rotated.jpg", "big-rotated.jpg"):
+        im = open_image(kinds[name])
+        again = ImageOps.exif_transpose(im)
+        assert again.size == im.size
+        assert np.array_equal(np.asarray(again), np.asarray(im))
