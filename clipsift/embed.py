@@ -17,6 +17,7 @@ class EmbedSummary:
     images: int = 0
     texts: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    decode_mode: str = "exact"  # "fast": large JPEGs decoded at reduced scale (approximate)
 
 
 def embed_to_parquet(
@@ -28,6 +29,7 @@ def embed_to_parquet(
     batch_size: int = 64,
     workers: int | None = None,
     on_progress=None,
+    fast_decode: bool = False,
 ) -> EmbedSummary:
     """Embed image inputs (files, folders, globs, shards, lists) and texts into Parquet.
 
@@ -35,27 +37,31 @@ def embed_to_parquet(
     exact name as bytes where it is not valid UTF-8, else null: see clipsift.inputs.keys),
     `embedding` (list<float32>). The schema metadata holds the model keys of every clipsift
     Parquet file: `clipsift.model`, `clipsift.dim`, `clipsift.fingerprint` (the digest of
-    weights + preprocessing + tokenizer + precision class, `ClipModel.fingerprint`).
+    weights + preprocessing + tokenizer + precision class, `ClipModel.fingerprint`), and
+    `clipsift.decode`, how images were decoded ("exact", or "fast" with --fast-decode).
     Images are streamed and written in row groups, so memory stays flat.
 
     Args:
         on_progress: optional callback `(done: int, failed: int) -> None` after each batch.
+        fast_decode: decode large JPEGs at reduced scale (faster, approximate vectors).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from clipsift.engines.local import embed_items
+    from clipsift.inputs.images import decode_mode
     from clipsift.inputs.sources import iter_items
     from clipsift.models.fingerprint import parquet_metadata
 
+    mode = decode_mode(fast_decode)
     schema = pa.schema(
         [("kind", pa.string()), ("source", pa.string()), ("source_bytes", pa.binary()),
          ("embedding", pa.list_(pa.float32()))],
-        metadata=parquet_metadata(model.name, model.dim, model.fingerprint.digest),
+        metadata=parquet_metadata(model.name, model.dim, model.fingerprint.digest, mode),
     )
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = EmbedSummary(str(out))
+    summary = EmbedSummary(str(out), decode_mode=mode)
     tmp = out.with_name(out.name + ".part")
     with pq.ParquetWriter(str(tmp), schema) as writer:
         if texts:
@@ -63,7 +69,7 @@ def embed_to_parquet(
             summary.texts = len(texts)
         if inputs:
             for batch in embed_items(model, iter_items(list(inputs)), batch_size=batch_size,
-                                     workers=workers):
+                                     workers=workers, fast_decode=fast_decode):
                 good = [r for r in batch if r.vector is not None]
                 summary.failed += [(r.item.key, r.error or "") for r in batch if r.vector is None]
                 if good:
@@ -101,14 +107,17 @@ class SimilarityMatrix:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def similarity(model, images: Sequence[str], texts: Sequence[str], *, workers: int | None = 0
-               ) -> SimilarityMatrix:
-    """Cosine matrix between image inputs and texts; failed images are listed, not fatal."""
+def similarity(model, images: Sequence[str], texts: Sequence[str], *, workers: int | None = 0,
+               fast_decode: bool = False) -> SimilarityMatrix:
+    """Cosine matrix between image inputs and texts; failed images are listed, not fatal.
+
+    `fast_decode` decodes large JPEGs at reduced scale (faster, approximate)."""
     from clipsift.engines.local import embed_items
     from clipsift.inputs.sources import iter_items
 
     keys, vecs, failed = [], [], []
-    for batch in embed_items(model, iter_items(list(images)), workers=workers):
+    for batch in embed_items(model, iter_items(list(images)), workers=workers,
+                             fast_decode=fast_decode):
         for r in batch:
             if r.vector is None:
                 failed.append((r.item.key, r.error or ""))

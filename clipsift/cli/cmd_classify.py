@@ -9,6 +9,7 @@ import typer
 from clipsift.cli.common import (
     BatchOpt,
     DeviceOpt,
+    FastDecodeOpt,
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
@@ -39,20 +40,23 @@ def classify_cmd(
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = None,
     precision: PrecisionOpt = "fp32",
+    fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Label probabilities for each image (softmax over logit_scale x cosine)."""
     import json
 
+    from clipsift.cli.common import fast_decode_notice
     from clipsift.zeroshot.classifier import iter_classify
     from clipsift.zeroshot.templates import parse_labels, resolve_templates
 
     label_list = parse_labels(labels, labels_file)
     prompts = resolve_templates(template, templates)
     m = load_model(model, device, precision)
+    fast_decode_notice(fast_decode)
     failed: list[tuple[str, str]] = []
     total = 0
     for res in iter_classify(m, paths, label_list, prompts, top_k=top, batch_size=batch_size,
-                             workers=workers):
+                             workers=workers, fast_decode=fast_decode):
         total += 1
         if res.error is not None:
             failed.append((res.source, res.error))

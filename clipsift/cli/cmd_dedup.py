@@ -12,6 +12,7 @@ from clipsift.cli.common import (
     DeviceOpt,
     EncodersOpt,
     EngineOpt,
+    FastDecodeOpt,
     JsonOpt,
     ModelOpt,
     RayAddressOpt,
@@ -38,14 +39,14 @@ def dedup_cmd(
     index: IndexOpt = None, model: ModelOpt = None, device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None, encoders: EncodersOpt = 1,
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Group near-duplicate images (FAISS range search) and pick a keeper per group."""
     from clipsift.cli.output import notice
     from clipsift.sift.dedup import find_duplicates, write_groups_html, write_groups_parquet
 
     coll = collection(sources, index, model, device, batch_size, engine,
-                       (workers, ray_address, ray_cpus, encoders))
+                       (workers, ray_address, ray_cpus, encoders, fast_decode))
     result = find_duplicates(coll, threshold, keep=keep_policy, method=method)
     path = write_groups_parquet(result, coll, output)
     if html:

@@ -9,6 +9,7 @@ import typer
 from clipsift.cli.common import (
     BatchOpt,
     DeviceOpt,
+    FastDecodeOpt,
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
@@ -31,16 +32,19 @@ def embed_cmd(
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = None,
     precision: PrecisionOpt = "fp32",
+    fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Embed images and texts into a Parquet file (kind, source, embedding)."""
+    from clipsift.cli.common import fast_decode_notice
     from clipsift.embed import embed_to_parquet
     from clipsift.errors import UsageError
 
     if not paths and not text:
         raise UsageError("nothing to embed: give image paths and/or --text")
     m = load_model(model, device, precision)
+    fast_decode_notice(fast_decode and bool(paths))
     s = embed_to_parquet(m, paths or [], text or [], output, batch_size=batch_size,
-                         workers=workers)
+                         workers=workers, fast_decode=fast_decode)
     typer.echo(f"wrote {s.images} image and {s.texts} text embedding(s) (dim {m.dim}, "
                f"{m.name}) to {s.output}", err=True)
     code = report_failures(s.failed, s.images + len(s.failed))
@@ -55,14 +59,17 @@ def similarity_cmd(
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "fp32",
+    fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Print the cosine-similarity matrix between images (rows) and texts (columns)."""
     import json
 
+    from clipsift.cli.common import fast_decode_notice
     from clipsift.embed import similarity
 
     m = load_model(model, device, precision)
-    res = similarity(m, images, texts)
+    fast_decode_notice(fast_decode)
+    res = similarity(m, images, texts, fast_decode=fast_decode)
     if json_out:
         for key, row in zip(res.images, res.cosine, strict=True):
             typer.echo(json.dumps({**json_fields("path", key), "cosine": dict(

@@ -9,6 +9,7 @@ import typer
 from clipsift.cli.common import (
     BatchOpt,
     DeviceOpt,
+    FastDecodeOpt,
     ModelOpt,
     WorkersOpt,
     load_model,
@@ -72,10 +73,12 @@ def evaluate_cmd(
     device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = None,
+    fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Zero-shot accuracy on labelled images: compare prompt wordings, find where it fails."""
     import json
 
+    from clipsift.cli.common import fast_decode_notice
     from clipsift.evaluation.datasets import EmbeddingCache, default_cache_path, load_dataset
     from clipsift.evaluation.evaluate import EvalOptions, evaluate
     from clipsift.evaluation.prompts import prompt_sets_for
@@ -83,9 +86,10 @@ def evaluate_cmd(
     ds = load_dataset(dataset, class_names=class_names, split=split, max_per_class=per_class)
     prompt_sets_for(ds, prompts)  # bad templates or prompt files fail before any embedding
     m = load_model(model, device)
+    fast_decode_notice(fast_decode)
     store = None if no_cache else EmbeddingCache(cache or default_cache_path())
     try:
-        emb = _embed(m, ds, store, index, batch_size, workers)
+        emb = _embed(m, ds, store, index, batch_size, workers, fast_decode)
     finally:
         if store is not None:
             store.close()
@@ -102,7 +106,7 @@ def evaluate_cmd(
     _print_footer(ev, report)
 
 
-def _embed(model, ds, store, index, batch_size, workers):
+def _embed(model, ds, store, index, batch_size, workers, fast_decode):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -118,7 +122,7 @@ def _embed(model, ds, store, index, batch_size, workers):
             bar.update(task, completed=done, total=total)
 
         return embed_dataset(model, ds, cache=store, index=index, batch_size=batch_size,
-                             workers=workers, progress=progress)
+                             workers=workers, progress=progress, fast_decode=fast_decode)
 
 
 def _pct(x: float | None) -> str:

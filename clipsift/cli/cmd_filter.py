@@ -12,6 +12,7 @@ from clipsift.cli.common import (
     DeviceOpt,
     EncodersOpt,
     EngineOpt,
+    FastDecodeOpt,
     JsonOpt,
     ModelOpt,
     RayAddressOpt,
@@ -114,7 +115,7 @@ def filter_cmd(
     index: IndexOpt = None, model: ModelOpt = None, device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None, encoders: EncodersOpt = 1,
-    quiet: QuietOpt = False, json_out: JsonOpt = False,
+    quiet: QuietOpt = False, json_out: JsonOpt = False, fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Keep the images about a theme: score every image against prompts, decide by a rule,
     write a Parquet manifest of every image, optionally copy/symlink/move the kept ones.
@@ -129,7 +130,8 @@ def filter_cmd(
     rule = _build_rule(keep, drop, preset, threshold, margin, top, top_fraction, invert)
     place = _placement(copy, symlink, move)
     loaded = model_for(model, device, index_path)
-    with make_engine_for(engine, workers, ray_address, ray_cpus, encoders) as eng:
+    with make_engine_for(engine, workers, ray_address, ray_cpus, encoders,
+                         fast_decode and not index_path) as eng:
         if calibrate is not None:
             rule = _calibrate(loaded, rule, calibrate, eng, batch_size, json_out)
         summary = _run(loaded, rule, output, inputs, index_path, place, eng, batch_size,

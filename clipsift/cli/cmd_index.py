@@ -10,6 +10,7 @@ from clipsift.cli.common import (
     BatchOpt,
     EncodersOpt,
     EngineOpt,
+    FastDecodeOpt,
     JsonOpt,
     ModelOpt,
     RayAddressOpt,
@@ -52,6 +53,7 @@ def index_cmd(
     ray_address: RayAddressOpt = None,
     ray_cpus: RayCpusOpt = None,
     encoders: EncodersOpt = 1,
+    fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Add images to an index (incremental: only new or changed files are embedded).
 
@@ -76,10 +78,10 @@ def index_cmd(
     stop = threading.Event()
     previous = install_sigint(stop)
     try:
-        with make_engine_for(engine, workers, ray_address, ray_cpus, encoders) as eng:
+        with make_engine_for(engine, workers, ray_address, ray_cpus, encoders,
+                             fast_decode) as eng:
             summary = _run_add(idx, paths, stop, quiet=quiet, batch_size=batch_size,
-                               workers=workers, recursive=recursive,
-                               engine=None if engine == "local" else eng)
+                               workers=workers, recursive=recursive, engine=eng)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

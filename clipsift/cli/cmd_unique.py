@@ -12,6 +12,7 @@ from clipsift.cli.common import (
     DeviceOpt,
     EncodersOpt,
     EngineOpt,
+    FastDecodeOpt,
     JsonOpt,
     ModelOpt,
     RayAddressOpt,
@@ -30,7 +31,7 @@ def unique_cmd(
     index: IndexOpt = None, model: ModelOpt = None, device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64, workers: WorkersOpt = None, engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None, ray_cpus: RayCpusOpt = None, encoders: EncodersOpt = 1,
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, fast_decode: FastDecodeOpt = False,
 ) -> None:
     """Rank images by how unusual they are: mean distance to their k nearest neighbours."""
     import json
@@ -38,7 +39,7 @@ def unique_cmd(
     from clipsift.sift.dedup import uniqueness, write_unique_parquet
 
     coll = collection(sources, index, model, device, batch_size, engine,
-                       (workers, ray_address, ray_cpus, encoders))
+                       (workers, ray_address, ray_cpus, encoders, fast_decode))
     result = uniqueness(coll, k)
     if output:
         write_unique_parquet(result, coll, output)

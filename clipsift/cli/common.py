@@ -25,6 +25,10 @@ RayCpusOpt = Annotated[int | None, typer.Option(
     "--ray-cpus", min=1, help="CPUs of the local Ray (default: all).")]
 EncodersOpt = Annotated[int, typer.Option(
     "--encoders", min=1, help="Ray encoder actors (copies of the model) running at once.")]
+FastDecodeOpt = Annotated[bool, typer.Option(
+    "--fast-decode", help="Decode large JPEGs at 1/2-1/8 scale (never below the model's "
+    "input size): faster, approximate vectors (cosine to exact in docs/benchmarks.md). "
+    "Default: every image decoded whole, exactly.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="fp32 (reference), fp32-onnx (CPU: same numbers, image tower in "
     "ONNX Runtime), int8 (CPU: image tower in ONNX Runtime; ViT-B-32 runs measured "
@@ -58,12 +62,23 @@ def report_failures(failed: list[tuple[str, str]], total: int) -> int:
     return 1
 
 
-def make_engine_for(name: str, workers, ray_address, ray_cpus, encoders):
-    """The execution engine for a bulk command's --engine options."""
+def make_engine_for(name: str, workers, ray_address, ray_cpus, encoders,
+                    fast_decode: bool = False):
+    """The execution engine for a bulk command's --engine and --fast-decode options."""
     from clipsift.engines import make_engine
 
+    fast_decode_notice(fast_decode)
     return make_engine(name, workers=workers, ray_address=ray_address, ray_cpus=ray_cpus,
-                       encoders=encoders)
+                       encoders=encoders, fast_decode=fast_decode)
+
+
+def fast_decode_notice(fast_decode: bool) -> None:
+    """With --fast-decode, say on stderr that the results are approximate."""
+    if fast_decode:
+        from clipsift.cli.output import notice
+
+        notice("note: --fast-decode: large JPEGs are decoded at reduced scale; vectors and "
+               "scores are approximate (not equal to an exact run)")
 
 
 def install_sigint(stop):

@@ -17,7 +17,7 @@ __all__ = ["ENGINES", "EmbedResult", "Engine", "PipelineStats", "make_engine"]
 
 def make_engine(name: str = "local", *, workers: int | None = None,
                 ray_address: str | None = None, ray_cpus: int | None = None,
-                encoders: int = 1) -> Engine:
+                encoders: int = 1, fast_decode: bool = False) -> Engine:
     """An engine by name.
 
     Args:
@@ -27,6 +27,9 @@ def make_engine(name: str = "local", *, workers: int | None = None,
             local Ray owned by the engine and shut down by `close()`.
         ray_cpus: CPUs of the local Ray (None: all of this machine's).
         encoders: encoder actors, each holding one copy of the model (ray only).
+        fast_decode: decode large JPEGs at reduced scale (faster, approximate vectors);
+            default False decodes every image whole, exactly. The engine's `decode_mode`
+            ("exact" / "fast") says which, to be recorded with results.
 
     Raises:
         UsageError: unknown engine name, or Ray is not installed.
@@ -34,9 +37,10 @@ def make_engine(name: str = "local", *, workers: int | None = None,
     if name == "local":
         from clipsift.engines.local import LocalEngine
 
-        return LocalEngine(workers)
+        return LocalEngine(workers, fast_decode)
     if name == "ray":
         from clipsift.engines.ray_engine import RayEngine
 
-        return RayEngine(address=ray_address, num_cpus=ray_cpus, encoders=encoders)
+        return RayEngine(address=ray_address, num_cpus=ray_cpus, encoders=encoders,
+                         fast_decode=fast_decode)
     raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

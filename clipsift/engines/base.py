@@ -62,6 +62,8 @@ class PipelineStats:
         wait_seconds: wall time the encoder waited for decoded images (high = decode-bound).
         images_per_second: items / seconds.
         workers: decode worker processes used (0 = decoded in the calling process).
+        decode_mode: "exact" (the whole image) or "fast" (large JPEGs decoded at reduced
+            scale: approximate vectors); `clipsift.inputs.images.DECODE_EXACT` / `_FAST`.
     """
 
     items: int = 0
@@ -72,12 +74,16 @@ class PipelineStats:
     wait_seconds: float = 0.0
     images_per_second: float = 0.0
     workers: int = 0
+    decode_mode: str = "exact"
 
 
 class Engine(Protocol):
     """What the bulk verbs need from an engine."""
 
     name: str
+    #: "exact" or "fast" (`clipsift.inputs.images.decode_mode`): how it decodes images, a
+    #: plain value to record with what its vectors make (an index, a Parquet file).
+    decode_mode: str
 
     def embed(self, model: ClipModel, items: Iterable[Item], *, batch_size: int = 64,
               stop: threading.Event | None = None, stats: PipelineStats | None = None,

@@ -1,6 +1,9 @@
 """The decode stage of the bulk pipeline: worker processes (or threads in this process) open
 and preprocess chunks of items and hand back their pixels (used by `clipsift.engines.local`).
 
+Decoding is exact unless a `draft_size` is given (the engines' `fast_decode`: large JPEGs
+decode at a reduced scale, `clipsift.inputs.images.draft_size_for`).
+
 Pixels travel from workers as one stacked tensor per chunk, through shared memory. A decoder
 that crashes its worker process is isolated: the chunk is redone one item per task and the
 culprit recorded as an error.
@@ -97,7 +100,7 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="clipsift-parent-watch", daemon=True).start()
 
 
-def _init_worker(preprocess: Preprocess, target_size: int, abort: Any) -> None:
+def _init_worker(preprocess: Preprocess, draft_size: int | None, abort: Any) -> None:
     """Worker initializer: ignore Ctrl-C (the parent shuts us down), one thread each.
 
     `abort` is a multiprocessing Event the parent sets to cut short the chunks in flight.
@@ -105,26 +108,26 @@ def _init_worker(preprocess: Preprocess, target_size: int, abort: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     torch.set_num_threads(1)
-    _WORKER_STATE.update(preprocess=preprocess, target_size=target_size, abort=abort)
+    _WORKER_STATE.update(preprocess=preprocess, draft_size=draft_size, abort=abort)
 
 
-def _load(item: Item, target_size: int) -> DecodedImage:
+def _load(item: Item, draft_size: int | None) -> DecodedImage:
     if item.path is not None:
-        return decode_image(item.path, target_size, name=item.key)
+        return decode_image(item.path, draft_size, name=item.key)
     try:
         data = item.read_bytes()
     except OSError as exc:
-        raise ImageError(item.key, f"cannot read: {exc}") from exc
-    return decode_image(data, target_size, name=item.key)
+        raise ImageError(item.key, f"cannot read: {exc.strerror or exc}") from exc
+    return decode_image(data, draft_size, name=item.key)
 
 
 _Row = tuple[torch.Tensor | None, str | None, tuple[int, int] | None]
 
 
-def _decode_one(item: Item, preprocess: Preprocess, target_size: int) -> _Row:
+def _decode_one(item: Item, preprocess: Preprocess, draft_size: int | None) -> _Row:
     """Open and preprocess one item -> (pixels [3, H, W] | None, error | None, (w, h))."""
     try:
-        decoded = _load(item, target_size)
+        decoded = _load(item, draft_size)
     except ImageError as exc:
         return None, exc.reason, None
     size = (decoded.width, decoded.height)
@@ -138,17 +141,18 @@ def _decode_one(item: Item, preprocess: Preprocess, target_size: int) -> _Row:
 
 
 def decode_chunk(
-    items: Sequence[Item], preprocess: Preprocess, target_size: int, abort: Any = None,
-    pool: ThreadPoolExecutor | None = None,
+    items: Sequence[Item], preprocess: Preprocess, draft_size: int | None = None,
+    abort: Any = None, pool: ThreadPoolExecutor | None = None,
 ) -> Decoded:
     """Decode and preprocess `items` (on `pool`'s threads when given; Pillow's decoders and
-    resizers release the GIL); an item whose pixels differ in shape from the first is failed."""
+    resizers release the GIL); an item whose pixels differ in shape from the first is failed.
+    `draft_size` None decodes exactly; a size decodes large JPEGs at reduced scale."""
     start = time.perf_counter()
 
     def one(item: Item) -> _Row:
         if abort is not None and abort.is_set():  # the run is over: skip the rest
             return None, "cancelled", None
-        return _decode_one(item, preprocess, target_size)
+        return _decode_one(item, preprocess, draft_size)
 
     results = list(pool.map(one, items)) if pool is not None else [one(i) for i in items]
     shape = next((tuple(r[0].shape) for r in results if r[0] is not None), None)
@@ -162,7 +166,7 @@ def decode_chunk(
 
 def _worker_decode_chunk(items: Sequence[Item]) -> Decoded:
     state = _WORKER_STATE
-    return decode_chunk(items, state["preprocess"], state["target_size"], state["abort"])
+    return decode_chunk(items, state["preprocess"], state["draft_size"], state["abort"])
 
 
 def _crashed(items: Sequence[Item]) -> Decoded:
@@ -173,12 +177,13 @@ def _crashed(items: Sequence[Item]) -> Decoded:
 class PoolDecoder:
     """Decode chunks in a process pool with a bounded window of tasks in flight."""
 
-    def __init__(self, model: ClipModel, workers: int, window: int, stop: threading.Event | None):
+    def __init__(self, model: ClipModel, workers: int, window: int, stop: threading.Event | None,
+                 draft_size: int | None = None):
         self._ctx = mp.get_context(
             "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         )
         self._abort = self._ctx.Event()
-        self._initargs = (model.preprocess, model.image_size, self._abort)
+        self._initargs = (model.preprocess, draft_size, self._abort)
         self._workers = workers
         self._window = window
         self._stop = stop
@@ -241,6 +246,16 @@ class PoolDecoder:
             seconds += one.seconds
         return Decoded.from_rows(rows, errors, sizes, seconds)
 
+    def _submit(self, chunk: list[Item]) -> Future:
+        """Submit a chunk; a pool that broke since (a worker crashed on an earlier chunk)
+        gives a failed future, which `_take` handles like any crash (isolate, resubmit)."""
+        try:
+            return self._pool.submit(_worker_decode_chunk, chunk)
+        except BrokenProcessPool as exc:
+            fut: Future = Future()
+            fut.set_exception(exc)
+            return fut
+
     def _take(self, pending: deque[tuple[list[Item], Future]]) -> tuple[list[Item], Decoded]:
         chunk, fut = pending.popleft()
         if not self._wait(fut):
@@ -250,7 +265,7 @@ class PoolDecoder:
         except BrokenProcessPool:
             decoded = self._isolate(chunk)
             for i, (other, _) in enumerate(pending):  # the restarted pool redoes the rest
-                pending[i] = (other, self._pool.submit(_worker_decode_chunk, other))
+                pending[i] = (other, self._submit(other))
             return chunk, decoded
 
     def run(self, chunks: Iterable[list[Item]]) -> Iterator[tuple[list[Item], Decoded]]:
@@ -258,7 +273,7 @@ class PoolDecoder:
         finished = False
         try:
             for chunk in chunks:
-                pending.append((chunk, self._pool.submit(_worker_decode_chunk, chunk)))
+                pending.append((chunk, self._submit(chunk)))
                 if len(pending) >= self._window:
                     yield self._take(pending)
             while pending:
@@ -275,9 +290,9 @@ class _Stopped(Exception):
 
 
 def inline_decode(
-    chunks: Iterable[list[Item]], model: ClipModel,
+    chunks: Iterable[list[Item]], model: ClipModel, draft_size: int | None = None,
 ) -> Iterator[tuple[list[Item], Decoded]]:
     """Decode in this process between batches, one thread per core."""
     with ThreadPoolExecutor(usable_cores(), thread_name_prefix="clipsift-decode") as pool:
         for chunk in chunks:
-            yield chunk, decode_chunk(chunk, model.preprocess, model.image_size, pool=pool)
+            yield chunk, decode_chunk(chunk, model.preprocess, draft_size, pool=pool)

@@ -7,6 +7,9 @@ tensors through shared memory. The main process stacks them into batches and run
 inference. At most a fixed number of chunks is in flight, so memory stays flat whatever
 the collection size.
 
+Decoding is exact (the whole image, as PIL decodes it) unless `fast_decode` asks for large
+JPEGs to be decoded at a reduced scale; `PipelineStats.decode_mode` records which.
+
 Results come out per batch, in input order. A bad image becomes an `EmbedResult` with an
 `error` and never stops the run; a decoder that crashes its worker process is isolated
 and its image recorded as an error too.
@@ -29,6 +32,7 @@ import torch
 from clipsift.engines.base import EmbedResult, PipelineStats
 from clipsift.engines.decode import Decoded, PoolDecoder, inline_decode, usable_cores
 from clipsift.errors import UsageError
+from clipsift.inputs.images import decode_mode, draft_size_for
 from clipsift.inputs.sources import Item, iter_items
 from clipsift.models.base import ClipModel
 
@@ -113,6 +117,7 @@ def embed_items(
     on_batch: Callable[[list[EmbedResult]], None] | None = None,
     stop: threading.Event | None = None,
     stats: PipelineStats | None = None,
+    fast_decode: bool = False,
 ) -> Iterator[list[EmbedResult]]:
     """Embed images in bulk; yield results batch by batch, in input order.
 
@@ -127,6 +132,9 @@ def embed_items(
         on_batch: called with each batch of results before it is yielded.
         stop: when set, the run ends after the current batch; workers are shut down.
         stats: a `PipelineStats` to update in place after every batch.
+        fast_decode: decode large JPEGs at 1/2-1/8 scale (never below the model's input
+            size): faster, approximate vectors (docs/benchmarks.md gives the measured
+            cosine to exact). Default False: the whole image, exactly.
 
     Returns:
         An iterator of batches (lists of `EmbedResult`, input order). Failed items carry
@@ -139,6 +147,8 @@ def embed_items(
     """
     _check_options(batch_size, workers, prefetch)
     stats = stats if stats is not None else PipelineStats()
+    stats.decode_mode = decode_mode(fast_decode)
+    draft_size = draft_size_for(fast_decode, model.image_size)
     source = iter(items)
     head = list(itertools.islice(source, INLINE_BELOW_BATCHES * batch_size))
     if workers is None:
@@ -147,10 +157,10 @@ def embed_items(
     chunk_size = max(1, min(MAX_CHUNK, math.ceil(batch_size / max(1, workers))))
     chunks = _chunks(itertools.chain(head, source), chunk_size)
     if workers == 0:
-        decoded: Iterator[tuple[list[Item], Decoded]] = inline_decode(chunks, model)
+        decoded: Iterator[tuple[list[Item], Decoded]] = inline_decode(chunks, model, draft_size)
     else:
         window = max(workers * prefetch, math.ceil(2 * batch_size / chunk_size))
-        decoded = PoolDecoder(model, workers, window, stop).run(chunks)
+        decoded = PoolDecoder(model, workers, window, stop, draft_size).run(chunks)
     yield from _batches(model, decoded, batch_size, stats, on_batch, stop)
 
 
@@ -192,7 +202,8 @@ def embed_paths(
     Args:
         model: the model.
         inputs: as for `clipsift.inputs.sources.iter_items`.
-        **kwargs: options of `embed_items` (batch_size, workers, prefetch, on_batch, stop).
+        **kwargs: options of `embed_items` (batch_size, workers, prefetch, on_batch, stop,
+            fast_decode).
 
     Returns:
         (results in input order, stats of the run).
@@ -217,16 +228,23 @@ class LocalEngine:
 
     Attributes:
         workers: decode processes (None: automatic, 0: decode in this process).
+        fast_decode: decode large JPEGs at reduced scale (approximate; see `embed_items`).
     """
 
     workers: int | None = None
+    fast_decode: bool = False
     name: str = "local"
+
+    @property
+    def decode_mode(self) -> str:
+        """"exact" or "fast": how this engine decodes, to record with its results."""
+        return decode_mode(self.fast_decode)
 
     def embed(self, model: ClipModel, items: Iterable[Item], *, batch_size: int = 64,
               stop: threading.Event | None = None, stats: PipelineStats | None = None,
               ) -> Iterator[list[EmbedResult]]:
         return embed_items(model, items, batch_size=batch_size, workers=self.workers,
-                           stop=stop, stats=stats)
+                           stop=stop, stats=stats, fast_decode=self.fast_decode)
 
     def close(self) -> None:
         """Nothing to release: worker pools live only while `embed` runs."""

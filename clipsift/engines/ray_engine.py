@@ -92,8 +92,8 @@ def _row_item(key: str, path: str, shard: str, offset: int, size: int, mtime: fl
                 None if offset < 0 else int(offset), data or None)
 
 
-def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, image_size: int,
-                  shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess,
+                  draft_size: int | None, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Decode + preprocess a batch of item rows into pixels (zeros where it failed)."""
     import torch
 
@@ -102,7 +102,7 @@ def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, image_si
     torch.set_num_threads(1)
     cols = ("key", "path", "shard", "offset", "size", "mtime", "data")
     items = [_row_item(*values) for values in zip(*(batch[c] for c in cols), strict=True)]
-    decoded = decode_chunk(items, preprocess, image_size)
+    decoded = decode_chunk(items, preprocess, draft_size)
     pixels = np.zeros((len(items), *shape), np.float32)
     for i, row in enumerate(decoded.rows()):
         if row is not None:
@@ -167,20 +167,30 @@ class RayEngine:
             through the object store); with GPU encoders decoding stays in CPU tasks.
         decode_batch: items per decode task.
         object_store_mb: object store size of the local Ray (None: Ray's default).
+        fast_decode: decode large JPEGs at reduced scale (approximate), as the local engine.
     """
 
     name = "ray"
 
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None,
                  encoders: int = 1, encoder_cpus: int = 1, encoder_gpus: float = 0.0,
-                 decode_batch: int = 16, object_store_mb: int | None = None) -> None:
+                 decode_batch: int = 16, object_store_mb: int | None = None,
+                 fast_decode: bool = False) -> None:
         if encoders < 1 or encoder_cpus < 1 or decode_batch < 1:
             raise UsageError("encoders, encoder_cpus and decode_batch must be at least 1")
         self.address, self.num_cpus = address, num_cpus
         self.encoders, self.encoder_cpus, self.decode_batch = encoders, encoder_cpus, decode_batch
         self.encoder_gpus = encoder_gpus
         self.object_store_mb = object_store_mb
+        self.fast_decode = fast_decode
         self._ray: Any = None
+
+    @property
+    def decode_mode(self) -> str:
+        """"exact" or "fast": how this engine decodes, to record with its results."""
+        from clipsift.inputs.images import decode_mode
+
+        return decode_mode(self.fast_decode)
 
     def start(self) -> None:
         """Start (or join) Ray; idempotent. A Ray already initialised here is reused."""
@@ -220,14 +230,17 @@ class RayEngine:
     def _dataset(self, model: ClipModel, items: list[Item], batch_size: int) -> Any:
         from PIL import Image
 
+        from clipsift.inputs.images import draft_size_for
+
         ray = self._ray
         probe = model.preprocess(Image.new("RGB", (model.image_size, model.image_size)))
         shape = tuple(probe.shape)  # [3, H, W]
         blocks = max(1, min(len(items) // self.decode_batch, 64))
         ds = ray.data.from_items([_item_row(it) for it in items], override_num_blocks=blocks)
         ds = ds.map_batches(_decode_batch, batch_size=self.decode_batch, batch_format="numpy",
-                            fn_kwargs={"preprocess": model.preprocess,
-                                       "image_size": model.image_size, "shape": shape})
+                            fn_kwargs={"preprocess": model.preprocess, "shape": shape,
+                                       "draft_size": draft_size_for(self.fast_decode,
+                                                                    model.image_size)})
         return ds.map_batches(
             _Encoder, batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.encoders),
@@ -244,6 +257,7 @@ class RayEngine:
 
         self.start()
         stats = stats if stats is not None else PipelineStats()
+        stats.decode_mode = self.decode_mode
         t0 = time.perf_counter()
         source = iter(items)
         while chunk := list(itertools.islice(source, CHUNK_ITEMS)):
@@ -270,7 +284,7 @@ class RayEngine:
         """Embed `items` on Ray and write Parquet shards (key, embedding, error, width,
         height) into `folder/chunk-NNNNN/`, written by the workers themselves (nothing
         goes through the driver); `folder/_clipsift.json` records the model (name, dim,
-        fingerprint), the counts, and the folders a `Walk` could not list."""
+        fingerprint), the decode mode, the counts, and the folders a `Walk` could not list."""
         import json
 
         import pyarrow.parquet as pq
@@ -283,7 +297,7 @@ class RayEngine:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         digest = model.fingerprint.digest
-        metadata = parquet_metadata(model.name, model.dim, digest)
+        metadata = parquet_metadata(model.name, model.dim, digest, self.decode_mode)
         source = iter(items)
         for n in itertools.count():
             chunk = list(itertools.islice(source, CHUNK_ITEMS))
@@ -302,7 +316,7 @@ class RayEngine:
         unreadable = ({e.path: e.reason for e in items.errors} if isinstance(items, Walk)
                       else {})
         info = {"model": model.name, "dim": model.dim, "fingerprint": digest, "rows": rows,
-                "errors": errors, "unreadable": unreadable}
+                "errors": errors, "unreadable": unreadable, "decode": self.decode_mode}
         (out / "_clipsift.json").write_text(json.dumps(info) + "\n", encoding="utf-8")
         return RayWriteSummary(out, len(files), rows, errors, time.perf_counter() - t0,
                                digest, unreadable)

@@ -343,6 +343,7 @@ class DatasetEmbeddings:
         encoded: images that went through the model in this run.
         from_cache: vectors read from the embedding cache.
         from_index: vectors read from a clipsift index.
+        decode_mode: "exact", or "fast" when large JPEGs were decoded at reduced scale.
     """
 
     vectors: np.ndarray
@@ -351,6 +352,7 @@ class DatasetEmbeddings:
     encoded: int = 0
     from_cache: int = 0
     from_index: int = 0
+    decode_mode: str = "exact"
 
 
 def default_cache_path() -> Path:
@@ -360,11 +362,12 @@ def default_cache_path() -> Path:
     return cache_dir() / "eval-embeddings.sqlite"
 
 
-def cache_key(model) -> str:
+def cache_key(model, decode_mode: str = "exact") -> str:
     """The model part of an embedding cache key: the model's fingerprint (weights +
     preprocessing + tokenizer + precision class), not its name, so a retrained model or
-    another folder with the same name never reads this one's vectors."""
-    return f"fp:{model.fingerprint.digest}"
+    another folder with the same name never reads this one's vectors; and the decode mode
+    ("exact" / "fast"), so vectors of the two modes are never mixed."""
+    return f"fp:{model.fingerprint.digest}|decode={decode_mode}"
 
 
 class EmbeddingCache:
@@ -450,7 +453,8 @@ def _index_vectors(index: str | os.PathLike, model, items: Sequence[Item]) -> di
 
 def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = None,
                   index: str | os.PathLike | None = None, batch_size: int = 64,
-                  workers: int | None = None, progress=None) -> DatasetEmbeddings:
+                  workers: int | None = None, progress=None,
+                  fast_decode: bool = False) -> DatasetEmbeddings:
     """Embed every sample once: vectors come from `index`, then `cache`, then the model.
 
     Args:
@@ -460,20 +464,23 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
             (None: no caching).
         index: a clipsift index built with the same model (same fingerprint), read (never
             written).
-        batch_size, workers: as for `clipsift.engines.local.embed_items`.
+        batch_size, workers, fast_decode: as for `clipsift.engines.local.embed_items`
+            (vectors made with fast decoding are cached apart from exact ones).
         progress: called as progress(done, total) after each encoded batch.
     Returns:
         DatasetEmbeddings; unreadable images are listed in `failures`, not raised.
     """
     from clipsift.engines.local import embed_items
+    from clipsift.inputs.images import decode_mode
 
+    mode = decode_mode(fast_decode)
     items = [s.item for s in dataset.samples]
     found: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
     if index is not None:
         found.update(_index_vectors(index, model, items))
     n_index = len(found)
-    model_key = cache_key(model) if cache is not None else ""
+    model_key = cache_key(model, mode) if cache is not None else ""
     if cache is not None:
         for key, (blob, err) in cache.get(model_key, [i for i in items if i.key not in found]
                                           ).items():
@@ -485,7 +492,8 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
     todo = list({it.key: it for it in items if it.key not in found and it.key not in errors
                  }.values())
     done = 0
-    for batch in embed_items(model, todo, batch_size=batch_size, workers=workers):
+    for batch in embed_items(model, todo, batch_size=batch_size, workers=workers,
+                             fast_decode=fast_decode):
         for r in batch:
             if r.vector is not None:
                 found[r.item.key] = r.vector
@@ -501,4 +509,5 @@ def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = Non
             else np.zeros((0, model.dim), np.float32))
     failures = [(s.key, errors[s.key]) for s in dataset.samples if s.key in errors]
     return DatasetEmbeddings(vecs.astype(np.float32), np.asarray(rows, np.int64), failures,
-                             encoded=len(todo), from_cache=n_cache, from_index=n_index)
+                             encoded=len(todo), from_cache=n_cache, from_index=n_index,
+                             decode_mode=mode)

@@ -369,7 +369,11 @@ def evaluate(model, dataset: Dataset, embeddings: DatasetEmbeddings,
     if opts.search or opts.few_shot is not None:
         heldout = _heldout(bank, sets, vectors, y, dataset.classes, opts)
     stats = {"encoded": embeddings.encoded, "from_cache": embeddings.from_cache,
-             "from_index": embeddings.from_index}
+             "from_index": embeddings.from_index, "decode": embeddings.decode_mode}
+    notes = list(dataset.notes)
+    if embeddings.decode_mode != "exact":
+        notes.append("images decoded with fast decoding (large JPEGs at reduced scale): "
+                     "vectors and scores are approximate")
     return Evaluation(model.name, dataset.root, dataset.kind, list(dataset.classes),
                       dataset.counts(), embeddings.rows, y, results, best,
-                      list(embeddings.failures), list(dataset.notes), stats, heldout)
+                      list(embeddings.failures), notes, stats, heldout)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsift.errors import ImageError, UsageError
+from clipsift.errors import UsageError
 from clipsift.evaluation.datasets import Dataset
 from clipsift.evaluation.evaluate import Evaluation, Metrics
 from clipsift.inputs.keys import printable, split_key
@@ -173,18 +173,14 @@ def prompt_plot(ev: Evaluation) -> str:
 # ---- thumbnails -----------------------------------------------------------------------------
 def thumbnail(dataset: Dataset, sample_index: int, size: int = 160) -> str | None:
     """A sample as a base64 JPEG data URI no larger than `size`, or None if unreadable."""
-    from clipsift.inputs.images import open_image
+    from clipsift.inputs.thumbnails import thumbnail_data_url
 
     item = dataset.samples[sample_index].item
     try:
-        im = open_image(item.path if item.path is not None else item.read_bytes(), size,
-                        name=item.key)
-    except (ImageError, OSError):
+        source = item.path if item.path is not None else item.read_bytes()
+    except OSError:
         return None
-    im.thumbnail((size, size))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return thumbnail_data_url(source, size, name=item.key)
 
 
 # ---- sections -------------------------------------------------------------------------------

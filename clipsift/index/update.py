@@ -96,8 +96,12 @@ def _mtime(item: Item) -> float:  # -1: unknown (a listed file that does not exi
 def _confirmed_missing(item: Item, ex: OSError) -> bool:
     """A read failed because the file is gone (its folder still exists), or its content
     is bad (a truncated tar member): an item error. Anything else may pass (a permission,
-    a disk, a network share): a problem, and the item's entry is kept."""
-    if ex.errno is None:
+    a disk, a network share): a problem, and the item's entry is kept. A path that is not a
+    regular file (a FIFO, socket, device or folder named like an image) is an item error
+    too: reading it will never give an image."""
+    from clipsift.inputs.files import NotRegularFileError
+
+    if ex.errno is None or isinstance(ex, NotRegularFileError | IsADirectoryError):
         return True
     where = item.path or item.shard or item.key
     return ex.errno in GONE_ERRNOS and os.path.isdir(os.path.dirname(where))

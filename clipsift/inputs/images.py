@@ -3,8 +3,15 @@
 `open_image` returns an RGB `PIL.Image.Image` or raises `ImageError(source, reason)`; no raw
 exception escapes for a bad file. It handles EXIF orientation, palette/alpha/CMYK/16-bit and
 float modes, the first frame of animations and multi-page files, HEIC/HEIF (pillow-heif),
-a decompression-bomb cap checked on the header before any pixel is decoded, and Pillow's
-JPEG `draft()` so large JPEGs decode at a reduced scale when a target size is known.
+and two caps checked on the header before any pixel is decoded: pixels (a decompression
+bomb) and bytes of the decoded buffer (width x height x bytes per pixel of the mode).
+FIFOs, sockets and devices are refused without blocking (`clipsift.inputs.files`).
+
+Exact by default: the pixels are the whole image as PIL decodes it, EXIF orientation
+applied, alpha composited on white, so `model.preprocess(open_image(path))` equals the
+model's own preprocess of `ImageOps.exif_transpose(Image.open(path))` (on white). Only
+when asked (`draft_size`, the engines' `fast_decode`) do large JPEGs decode at a reduced
+scale (JPEG `draft()`: faster, approximate; `DECODE_FAST`).
 
 Pillow's soft warning for large images (`DecompressionBombWarning`) is muted while a header
 is read, because `max_pixels` is the cap clipsift applies. Pillow's
@@ -18,21 +25,36 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
-import stat
 import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from clipsift.errors import ImageError
+from clipsift.inputs.files import open_regular
+from clipsift.inputs.modes import (
+    HIGH_DEPTH_MODES,
+    bytes_per_pixel,
+    orientation,
+    oriented_size,
+    to_oriented_rgb,
+)
+from clipsift.inputs.modes import to_rgb as to_rgb
+from clipsift.inputs.reasons import bomb_reason, error_reason, stat_reason, unidentified_reason
 
 #: Default cap on width x height, checked on the header before decoding (Pillow's hard limit).
 MAX_PIXELS = 178_956_970
+#: Default cap on the decoded buffer, width x height x bytes per pixel of the file's mode
+#: (checked on the header). 1 GiB: above MAX_PIXELS of any mode of at most 4 bytes/pixel.
+MAX_DECODED_BYTES = 1 << 30
+
+#: Decode modes, a plain value to record with results made from the pixels:
+#: exact = the whole image; fast = large JPEGs decoded at 1/2-1/8 scale (approximate).
+DECODE_EXACT = "exact"
+DECODE_FAST = "fast"
 
 _BASE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
@@ -56,8 +78,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(_BASE_EXTENSIONS + _optional_extens
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
-_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-_ORIENTATION_TAG = 0x0112
 _SETUP_LOCK = threading.Lock()
 _setup_done = False
 
@@ -67,7 +87,7 @@ class DecodedImage:
     """An opened image and facts about the file it came from.
 
     Attributes:
-        image: the pixels, RGB, EXIF orientation applied (maybe reduced by JPEG draft).
+        image: the pixels, RGB, EXIF orientation applied (reduced only with a draft size).
         width: width of the full-size image as displayed (after EXIF orientation).
         height: height of the full-size image as displayed.
         format: Pillow's format name ("JPEG", "PNG", "HEIF", ...), None if unknown.
@@ -77,6 +97,32 @@ class DecodedImage:
     width: int
     height: int
     format: str | None
+
+
+def decode_mode(fast_decode: bool) -> str:
+    """The decode mode's name for the `fast_decode` switch: `DECODE_FAST` or `DECODE_EXACT`.
+
+    Args:
+        fast_decode: whether large JPEGs decode at reduced scale.
+
+    Returns:
+        "fast" or "exact", to record with results.
+    """
+    return DECODE_FAST if fast_decode else DECODE_EXACT
+
+
+def draft_size_for(fast_decode: bool, image_size: int) -> int | None:
+    """The `draft_size` to decode with for a model input of `image_size` pixels.
+
+    Args:
+        fast_decode: the engine's switch.
+        image_size: the model's input size (its preprocess resizes to it).
+
+    Returns:
+        `image_size` when fast decoding (JPEGs then decode at the smallest 1/2, 1/4 or 1/8
+        scale whose sides stay >= image_size), None for exact decoding.
+    """
+    return image_size if fast_decode else None
 
 
 def _setup() -> None:
@@ -103,16 +149,6 @@ def _label(source: ImageSource) -> str:
     return name if isinstance(name, str) else "<stream>"
 
 
-def _stat_reason(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not an image file"
-    return f"cannot read file ({exc.strerror or exc})"
-
-
 @contextlib.contextmanager
 def _open_stream(source: ImageSource, label: str) -> Iterator[BinaryIO]:
     """Yield a seekable binary stream over `source`; raise ImageError for unreadable input."""
@@ -124,19 +160,14 @@ def _open_stream(source: ImageSource, label: str) -> Iterator[BinaryIO]:
     if not isinstance(source, str | os.PathLike):
         yield _seekable(source, label)
         return
-    path = os.fspath(source)
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError(label, "is a directory, not an image file")
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError(label, "not a regular file (device, pipe or socket)")
-        if st.st_size == 0:
-            raise ImageError(label, "empty file (0 bytes)")
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
+        fh = open_regular(source)  # refuses FIFOs, sockets, devices without blocking
+        empty = os.fstat(fh.fileno()).st_size == 0
     except OSError as exc:
-        raise ImageError(label, _stat_reason(exc)) from exc
+        raise ImageError(label, stat_reason(exc)) from exc
     with fh:
+        if empty:
+            raise ImageError(label, "empty file (0 bytes)")
         yield fh
 
 
@@ -154,37 +185,6 @@ def _seekable(stream: BinaryIO, label: str) -> BinaryIO:
     return stream
 
 
-def _unidentified_reason(fp: BinaryIO) -> str:
-    """Explain why Pillow could not identify the data: text, unsupported HEIC/AVIF, garbage."""
-    try:
-        fp.seek(0)
-        head = fp.read(512)
-    except (OSError, ValueError):
-        head = b""
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"heif"):
-            return "HEIC/HEIF image, but pillow-heif is not installed (pip install pillow-heif)"
-        if brand in (b"avif", b"avis"):
-            return "AVIF image, but this Pillow has no AVIF support"
-    if head and b"\x00" not in head:
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            return "not an image: the file holds text"
-    return "not a recognised image format (unknown type or corrupt header)"
-
-
-def _bomb_reason(exc: Exception, max_pixels: int) -> str:
-    """Reason for Pillow's own DecompressionBombError (it does not give width and height)."""
-    found = re.search(r"\((\d+) pixels\)", str(exc))
-    pixels = found.group(1) if found else "too many"
-    limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
-    return f"decompression bomb: {pixels} pixels exceeds limit {limit}"
-
-
 def _check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
     pixels = width * height
     if pixels > max_pixels:
@@ -194,90 +194,16 @@ def _check_pixels(label: str, width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def _orientation(im: Image.Image) -> int:
-    try:
-        return int(im.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception:  # broken EXIF never rejects an image
-        return 1
-
-
-def _oriented_size(im: Image.Image) -> tuple[int, int]:
-    w, h = im.size
-    return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
-
-
-def _high_depth_to_l(im: Image.Image) -> Image.Image:
-    """16-bit integer, 32-bit integer or float greyscale -> 8-bit L, scaled, not clipped.
-
-    I;16 modes map 0..65535 to 0..255. Mode I maps by its value range: 0..255 as is,
-    0..65535 as 16-bit, anything else stretched min..max. Mode F maps 0..1 to 0..255,
-    0..255 as is, anything else stretched min..max. NaN/inf become 0.
-    """
-    arr = np.asarray(im).astype(np.float64)  # [H, W]
-    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if im.mode.startswith("I;16"):
-        scaled = arr / 257.0
-    elif im.mode == "F" and lo >= 0.0 and hi <= 1.0:
-        scaled = arr * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        scaled = arr
-    elif im.mode == "I" and lo >= 0.0 and hi <= 65535.0:
-        scaled = arr / 257.0
-    else:
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-
-
-def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
-    """CMYK -> RGB through the embedded ICC profile when there is one, else Pillow's formula."""
-    icc = im.info.get("icc_profile")
-    if icc:
-        try:
-            from PIL import ImageCms
-
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            dst = ImageCms.createProfile("sRGB")
-            out = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
-            if out is not None:
-                return out
-        except Exception:  # a broken profile falls back to the plain conversion
-            pass
-    return im.convert("RGB")
-
-
-def _on_white(im: Image.Image) -> Image.Image:
-    """Composite an image with alpha onto a white background -> RGB."""
-    if im.mode == "La":  # premultiplied: Pillow converts it to RGBA only through LA
-        im = im.convert("LA")
-    rgba = im.convert("RGBA")
-    out = Image.new("RGB", rgba.size, (255, 255, 255))
-    out.paste(rgba, mask=rgba.getchannel("A"))
-    return out
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert an image of any Pillow mode to RGB, as a new image.
-
-    Alpha (RGBA, LA, PA, palette or greyscale transparency) is composited on white;
-    16-bit and float modes are scaled to 8 bits; CMYK goes through its ICC profile.
-
-    Args:
-        im: a loaded image in any mode.
-
-    Returns:
-        A new RGB image of the same size.
-    """
-    mode = im.mode
-    if mode in _HIGH_DEPTH_MODES:
-        return _high_depth_to_l(im).convert("RGB")
-    if mode == "CMYK":
-        return _cmyk_to_rgb(im)
-    if "A" in mode or "a" in mode or "transparency" in im.info:
-        return _on_white(im)
-    if mode == "RGB":
-        return im.copy()
-    return im.convert("RGB")
+def _check_bytes(label: str, im: Image.Image, max_bytes: int) -> None:
+    """Refuse an image whose decoded buffer (W x H x bytes per pixel of its mode) is too big."""
+    per = bytes_per_pixel(im.mode)
+    need = im.width * im.height * per
+    if need > max_bytes:
+        raise ImageError(
+            label,
+            f"decoded image too large: {im.width}x{im.height} {im.mode} x {per} bytes per "
+            f"pixel = {need:,} bytes exceeds limit {max_bytes:,} bytes",
+        )
 
 
 def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
@@ -287,41 +213,35 @@ def _open_header(fp: BinaryIO, label: str) -> ImageFile.ImageFile:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(fp)
     except UnidentifiedImageError as exc:
-        raise ImageError(label, _unidentified_reason(fp)) from exc
+        raise ImageError(label, unidentified_reason(fp)) from exc
 
 
-def _decode(fp: BinaryIO, label: str, target_size: int | None, max_pixels: int) -> DecodedImage:
+def _decode(fp: BinaryIO, label: str, draft_size: int | None, max_pixels: int,
+            max_bytes: int) -> DecodedImage:
     im = _open_header(fp, label)
-    with im:
+    try:
         _check_pixels(label, im.width, im.height, max_pixels)
-        width, height = _oriented_size(im)
+        turn = orientation(im)
+        width, height = oriented_size(im)
         fmt = im.format
-        if target_size and fmt in ("JPEG", "MPO"):
-            # Decode at 1/2, 1/4 or 1/8 scale, never below target_size on either side.
-            im.draft("RGB", (target_size, target_size))
+        if draft_size and fmt in ("JPEG", "MPO"):
+            # Decode at 1/2, 1/4 or 1/8 scale, never below draft_size on either side.
+            im.draft("RGB", (draft_size, draft_size))
+        _check_bytes(label, im, max_bytes)
         im.load()
-        try:
-            oriented = ImageOps.exif_transpose(im)
-        except Exception:  # broken EXIF never rejects an image
-            oriented = im
-        rgb = to_rgb(oriented)
+        rgb = to_oriented_rgb(im, turn)
+    except BaseException:
+        im.close()
+        raise
     return DecodedImage(rgb, width, height, fmt)
-
-
-def _error_reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, MemoryError):
-        return "out of memory while decoding"
-    if isinstance(exc, OSError) and "truncated" in text:
-        return f"truncated image data ({text})"
-    return f"corrupt or unsupported image data ({type(exc).__name__}: {text})"
 
 
 def decode_image(
     source: ImageSource,
-    target_size: int | None = None,
+    draft_size: int | None = None,
     *,
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODED_BYTES,
     name: str | None = None,
 ) -> DecodedImage:
     """Open an image safely and also report its full-size dimensions and format.
@@ -330,17 +250,20 @@ def decode_image(
 
     Args:
         source: a path, encoded image bytes, or a binary stream (left open).
-        target_size: the size the image will be resized to; large JPEGs decode at a reduced
-            scale whose shortest side stays >= target_size. None decodes at full size.
+        draft_size: None (default) decodes the whole image, exactly. A size asks for fast,
+            approximate decoding: large JPEGs decode at the smallest 1/2, 1/4 or 1/8 scale
+            whose sides stay >= draft_size (other formats are not affected).
         max_pixels: reject images whose header claims more than this many pixels.
+        max_bytes: reject images whose decoded buffer (width x height x bytes per pixel of
+            the file's mode, after any draft reduction) would be larger.
         name: how to name the source in errors (defaults to the path or "<bytes>").
 
     Returns:
         A `DecodedImage` with an RGB image and the original (oriented) width and height.
 
     Raises:
-        ImageError: the source is missing, unreadable, empty, not an image, truncated,
-            corrupt or too large; `reason` says which.
+        ImageError: the source is missing, not a regular file, unreadable, empty, not an
+            image, truncated, corrupt or too large; `reason` says which.
     """
     label = name or _label(source)
     _setup()
@@ -352,20 +275,21 @@ def decode_image(
         )
     try:
         with _open_stream(source, label) as fp:
-            return _decode(fp, label, target_size, max_pixels)
+            return _decode(fp, label, draft_size, max_pixels, max_bytes)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(label, _bomb_reason(exc, max_pixels)) from exc
+        raise ImageError(label, bomb_reason(exc, max_pixels)) from exc
     except Exception as exc:  # any decoder failure is a per-image error, never a crash
-        raise ImageError(label, _error_reason(exc)) from exc
+        raise ImageError(label, error_reason(exc)) from exc
 
 
 def open_image(
     source: ImageSource,
-    target_size: int | None = None,
+    draft_size: int | None = None,
     *,
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODED_BYTES,
     name: str | None = None,
 ) -> Image.Image:
     """Open any image file or buffer as an RGB image, or raise `ImageError` with the reason.
@@ -373,9 +297,10 @@ def open_image(
     Args:
         source: a path (str or os.PathLike; non-UTF-8 names as produced by os.fsdecode work),
             encoded image bytes, or a binary stream (read, not closed).
-        target_size: the size the image will be resized to; large JPEGs then decode at a
-            reduced scale whose shortest side stays >= target_size. None decodes full size.
+        draft_size: None (default): the whole image, exactly as PIL decodes it. A size asks
+            for fast, approximate decoding of large JPEGs (see `decode_image`).
         max_pixels: reject images whose header claims more pixels, before decoding.
+        max_bytes: reject images whose decoded buffer would take more bytes, before decoding.
         name: how to name the source in errors (defaults to the path or "<bytes>").
 
     Returns:
@@ -383,15 +308,47 @@ def open_image(
         first frame/page only.
 
     Raises:
-        ImageError: missing, unreadable, empty, not an image, truncated, corrupt or a
-            decompression bomb.
+        ImageError: missing, not a regular file, unreadable, empty, not an image,
+            truncated, corrupt, a decompression bomb or over the byte cap.
 
     Example:
-        >>> im = open_image("photo.heic", target_size=224)
+        >>> im = open_image("photo.heic")
         >>> im.mode
         'RGB'
     """
-    return decode_image(source, target_size, max_pixels=max_pixels, name=name).image
+    return decode_image(source, draft_size, max_pixels=max_pixels, max_bytes=max_bytes,
+                        name=name).image
+
+
+def decode_cost(source: ImageSource, draft_size: int | None = None, *, rgb_copies: int = 1,
+                name: str | None = None) -> int:
+    """Bytes a decode of `source` will hold at its peak, estimated from the header.
+
+    The decoded buffer (width x height x bytes per pixel of the file's mode, after any
+    draft reduction) plus `rgb_copies` RGB images (4 bytes per pixel in Pillow), plus the
+    8-bit copy of a 16-bit or float image. Used to budget concurrent decodes (the server).
+
+    Args:
+        source: a path, encoded image bytes, or a binary stream.
+        draft_size: as for `decode_image`.
+        rgb_copies: full-size RGB images alive at once: 1 for the result; 2 when a
+            model's preprocess converts it to RGB again (open_clip's does: a copy).
+        name: how to name the source in errors.
+
+    Returns:
+        The estimate in bytes; 0 when the header cannot be read (decoding will say why).
+    """
+    label = name or _label(source)
+    _setup()
+    try:
+        with _open_stream(source, label) as fp, _open_header(fp, label) as im:
+            if draft_size and im.format in ("JPEG", "MPO"):
+                im.draft("RGB", (draft_size, draft_size))
+            pixels = im.width * im.height
+            extra = pixels if im.mode in HIGH_DEPTH_MODES else 0
+            return pixels * (bytes_per_pixel(im.mode) + 4 * rgb_copies) + extra
+    except Exception:  # a bad header costs nothing here; decoding reports it
+        return 0
 
 
 def image_size_of(source: ImageSource, *, name: str | None = None) -> tuple[int, int]:
@@ -411,10 +368,10 @@ def image_size_of(source: ImageSource, *, name: str | None = None) -> tuple[int,
     _setup()
     try:
         with _open_stream(source, label) as fp, _open_header(fp, label) as im:
-            return _oriented_size(im)
+            return oriented_size(im)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(label, _bomb_reason(exc, MAX_PIXELS)) from exc
+        raise ImageError(label, bomb_reason(exc, MAX_PIXELS)) from exc
     except Exception as exc:
-        raise ImageError(label, _error_reason(exc)) from exc
+        raise ImageError(label, error_reason(exc)) from exc

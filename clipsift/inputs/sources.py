@@ -20,6 +20,9 @@ never skipped silently: the walker passes a `WalkError` to the caller's `on_erro
 (or collects it in a `Walk`) and goes on with the rest. Callers that delete what they did
 not see (the index) must treat everything under such a folder as unknown, not as gone. A
 folder that vanished while being walked (ENOENT/ENOTDIR) is simply gone: no error.
+A FIFO, socket or device where an image (or a shard) was expected, named directly, listed,
+or found in a folder under an image name, becomes an item whose reading fails at once
+("not a regular file: a named pipe (FIFO)"): never a hang, never a silent drop.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from clipsift.errors import UsageError
+from clipsift.inputs.files import open_regular, read_regular
 from clipsift.inputs.images import IMAGE_EXTENSIONS
 from clipsift.inputs.keys import MEMBER_SEP, TAR_SUFFIXES, join_key
 
@@ -71,16 +75,17 @@ class Item:
             The file content (or the tar member's content, read by offset).
 
         Raises:
-            OSError: the file or shard cannot be read, or the shard is shorter than expected.
+            OSError: the file or shard cannot be read, is not a regular file (a FIFO,
+                socket or device: refused at once, never waited on), or the shard is
+                shorter than expected.
         """
         if self.data is not None:
             return self.data
         if self.path is not None:
-            with open(self.path, "rb") as fh:
-                return fh.read()
+            return read_regular(self.path)
         if self.shard is None or self.offset is None or self.size is None:
             raise OSError(f"item {self.key!r} has no readable location")
-        with open(self.shard, "rb") as fh:
+        with open_regular(self.shard) as fh:
             fh.seek(self.offset)
             data = fh.read(self.size)
         if len(data) != self.size:
@@ -158,7 +163,6 @@ def _walk(
             continue
         try:
             is_dir = entry.is_dir()
-            is_file = not is_dir and entry.is_file()
         except OSError as ex:
             if ex.errno not in GONE_ERRNOS and on_error is not None:
                 on_error(WalkError.from_os(entry.path, ex))
@@ -168,7 +172,9 @@ def _walk(
                 entry.path, recursive=recursive, extensions=extensions,
                 follow_symlinks=follow_symlinks, seen=seen, on_error=on_error,
             )
-        elif is_file and _has_ext(entry.name, extensions):
+        elif not is_dir and _has_ext(entry.name, extensions):
+            # regular files, and FIFOs/sockets/devices named like images: those fail as
+            # items ("not a regular file"), so the run reports them
             try:
                 yield _file_item(entry.path, entry.stat())
             except OSError:
@@ -194,10 +200,15 @@ def iter_tar(shard: str, *, extensions: Collection[str] = IMAGE_EXTENSIONS) -> I
     shard = os.path.abspath(shard)
     compressed = not shard.lower().endswith(".tar")
     try:
-        tf = tarfile.open(shard, mode="r:*" if compressed else "r:")  # noqa: SIM115
+        fh = open_regular(shard)  # closed below, with the tar
+    except OSError as exc:
+        raise UsageError(f"cannot read tar shard {shard!r}: {exc.strerror or exc}") from exc
+    try:
+        tf = tarfile.open(shard, mode="r:*" if compressed else "r:", fileobj=fh)  # noqa: SIM115
     except (OSError, tarfile.TarError) as exc:
+        fh.close()
         raise UsageError(f"cannot read tar shard {shard!r}: {exc}") from exc
-    with tf:
+    with fh, tf:
         while True:
             try:
                 member = tf.next()
@@ -267,11 +278,14 @@ def _expand(
             yield _file_item(text)
             return
         raise UsageError(f"input not found: {text!r} (expected a file, folder, glob, tar or list)")
+    is_list = text.lower().endswith(LIST_SUFFIXES) and not from_list
     if stat.S_ISDIR(st.st_mode):
         yield from _walk(os.path.abspath(text), **kw, seen=set())
+    elif not stat.S_ISREG(st.st_mode) and not is_list:
+        yield _file_item(text, st)  # a FIFO, socket or device: fails as an item, at once
     elif text.lower().endswith(TAR_SUFFIXES):
         yield from iter_tar(text, extensions=extensions)
-    elif text.lower().endswith(LIST_SUFFIXES) and not from_list:
+    elif is_list:  # may be a pipe the user made (e.g. `mkfifo list.txt`): read as given
         for path in _read_list(text):
             yield from _expand(path, **kw, from_list=True)
     else:

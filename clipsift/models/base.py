@@ -145,16 +145,17 @@ class ClipModel(ABC):
                       ) -> np.ndarray:
         """Embed PIL images or image paths; returns float32 [N, D] with unit rows.
 
-        Paths are opened with `clipsift.inputs.images.open_image` (EXIF, modes, bombs); a bad
-        path raises `ImageError`. Use `clipsift.embed` for bulk work that must not stop.
+        Paths (and encoded bytes) are opened with `clipsift.inputs.images.open_image`, whole
+        and exactly (EXIF orientation, alpha on white, bomb caps), so a path gives the same
+        vector as the PIL image it holds; a bad path raises `ImageError`. Use
+        `clipsift.embed` for bulk work that must not stop.
         """
         from clipsift.inputs.images import open_image
 
         out: list[np.ndarray] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            pil = [im if isinstance(im, Image.Image) else open_image(im, self.image_size)
-                   for im in chunk]
+            pil = [im if isinstance(im, Image.Image) else open_image(im) for im in chunk]
             pixels = torch.stack([self.preprocess(im) for im in pil])
             out.append(self.encode_pixels(pixels))
         if not out:

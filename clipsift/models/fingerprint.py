@@ -127,10 +127,15 @@ def precision_class(precision: str) -> str:
     return PRECISION_CLASSES.get(precision, precision)
 
 
-def parquet_metadata(name: str, dim: int, fingerprint: str) -> dict[str, str]:
-    """The model keys every Parquet file clipsift writes carries in its schema metadata."""
-    return {"clipsift.model": name, "clipsift.dim": str(int(dim)),
+def parquet_metadata(name: str, dim: int, fingerprint: str,
+                     decode: str | None = None) -> dict[str, str]:
+    """The model keys every Parquet file clipsift writes carries in its schema metadata;
+    `decode` ("exact" / "fast") where the vectors came from decoding images."""
+    meta = {"clipsift.model": name, "clipsift.dim": str(int(dim)),
             "clipsift.fingerprint": fingerprint}
+    if decode is not None:
+        meta["clipsift.decode"] = decode
+    return meta
 
 
 # ---- parts ------------------------------------------------------------------------------

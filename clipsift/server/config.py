@@ -40,13 +40,20 @@ class ServerSettings:
         max_body_bytes: larger request bodies get 413.
         max_image_bytes: larger single images get 413.
         max_pixels: decompression-bomb cap (width x height) for uploaded images.
+        max_decoded_bytes: cap on one image's decoded buffer (width x height x bytes per
+            pixel of its mode: 4 for RGB and 32-bit float, 2 for 16-bit), checked on the
+            header; the default admits every image under `max_pixels` (8000x8000 float).
         max_k: largest k for searches.
         max_texts / max_images: largest batch a single embed request may carry.
         max_prompts: labels x templates cap for one classification.
         hide_paths: leave server file paths out of search results (names only).
         url_fetch_timeout_s / url_fetch_max_bytes: limits of URL fetching.
         thumbnail_cache: thumbnails kept in memory (LRU).
-        decode_concurrency: images decoded at once (bounds memory under load).
+        decode_concurrency: images decoded at once, uploads and thumbnails together.
+        decode_memory_bytes: estimated peak memory of the decodes running at once (decoded
+            buffer + RGB result + the preprocess's RGB copy, from each header): photos
+            decode side by side (a 12 MP JPEG counts 144 MB), huge ones (an 8000x8000
+            float TIFF: 832 MB) one at a time; measured peaks: docs/benchmarks-server.md.
         search_threads: FAISS (OpenMP) threads for index searches, process-wide; None keeps
             FAISS's default (all cores). 1 avoids OpenMP oversubscription on a busy
             machine; batched searches are efficient on one thread.
@@ -77,6 +84,7 @@ class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 64_000_000
+    max_decoded_bytes: int = 256_000_000
     max_k: int = 200
     max_texts: int = 256
     max_images: int = 32
@@ -86,6 +94,7 @@ class ServerSettings:
     url_fetch_max_bytes: int = 10 * 1024 * 1024
     thumbnail_cache: int = 512
     decode_concurrency: int = 4
+    decode_memory_bytes: int = 1024 * 1024 * 1024
     search_threads: int | None = None
     max_request_tokens: int = 150_000
     text_cache_bytes: int = 64 * 1024 * 1024
@@ -110,8 +119,9 @@ class ServerSettings:
 
     def _check_numbers(self) -> None:
         positive = ("max_batch", "max_queue", "max_body_bytes", "max_image_bytes",
-                    "max_pixels", "max_k", "max_texts", "max_images", "max_prompts",
-                    "decode_concurrency", "max_request_tokens", "max_connections")
+                    "max_pixels", "max_decoded_bytes", "max_k", "max_texts", "max_images",
+                    "max_prompts", "decode_concurrency", "decode_memory_bytes",
+                    "max_request_tokens", "max_connections")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -5,10 +5,12 @@ Three batchers do the heavy work, each in its own thread:
             token budget per request, long lists in the background lane)
     image   preprocessed pixels -> one `encode_pixels` forward pass
     search  query vectors -> one FAISS search over the index (+ one catalog read)
-Image decoding runs in worker threads, a few at a time (`decode_concurrency`), before
-the pixels join a batch, so a bad upload fails alone. All index/store access holds
-`index_lock` (one SQLite connection and one FAISS index are shared). `health()` checks
-every part (`health.check_service`).
+Image decoding runs in worker threads, exactly (whole image, as the bulk pipeline decodes a
+file), a few at a time and within a memory budget (`decode_concurrency`,
+`decode_memory_bytes`; uploads and thumbnails share both: clipsift.server.decoding), before
+the pixels join a batch, so a bad upload fails alone.
+All index/store access holds `index_lock` (one SQLite connection and one FAISS index are
+shared). `health()` checks every part (`health.check_service`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import torch
 from clipsift.errors import ClipsiftError, NotFound, PayloadTooLarge, UsageError
 from clipsift.index.query import CaptionHit, Query, Term, combine, parse_query, rank_captions
 from clipsift.index.store import STATUS_OK
-from clipsift.inputs.images import open_image
+from clipsift.inputs.images import decode_cost, open_image
 from clipsift.inputs.keys import key_name, printable
 from clipsift.server.batcher import MicroBatcher
 from clipsift.server.config import ServerSettings
+from clipsift.server.decoding import DecodeBudget, return_freed_pixels_to_the_system
 from clipsift.server.health import HealthReport, check_service, file_identity
 from clipsift.server.texts import TextEncoder
 from clipsift.server.thumbs import LRU, Thumbnails
@@ -85,7 +88,11 @@ class Service:
         self.settings = settings
         self.index_lock = threading.Lock()
         self.decode_limiter = anyio.CapacityLimiter(settings.decode_concurrency)
-        self.thumbs = Thumbnails(settings.thumbnail_cache, settings.max_pixels)
+        self.decode_budget = DecodeBudget(settings.decode_memory_bytes)
+        return_freed_pixels_to_the_system()
+        self.thumbs = Thumbnails(settings.thumbnail_cache, settings.max_pixels,
+                                 max_bytes=settings.max_decoded_bytes,
+                                 budget=self.decode_budget)
         self._class_weights: LRU[tuple, np.ndarray] = LRU(64)
         self.text_encoder = TextEncoder(model, settings)
         self.index_identity = file_identity(index.path) if index is not None else None
@@ -194,10 +201,11 @@ class Service:
     async def _pixels(self, data: bytes, name: str) -> torch.Tensor:
         self.check_image_size(len(data), name)
 
-        def decode() -> torch.Tensor:
-            image = open_image(data, self.model.image_size,
-                               max_pixels=self.settings.max_pixels, name=name)
-            return self.model.preprocess(image)
+        def decode() -> torch.Tensor:  # exact: the same pixels as a file in the index
+            with self.decode_budget.reserve(decode_cost(data, rgb_copies=2)):
+                image = open_image(data, max_pixels=self.settings.max_pixels,
+                                   max_bytes=self.settings.max_decoded_bytes, name=name)
+                return self.model.preprocess(image)
 
         return await anyio.to_thread.run_sync(decode, limiter=self.decode_limiter)
 

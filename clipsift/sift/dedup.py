@@ -421,30 +421,23 @@ _CSS = ("body{font-family:sans-serif;margin:1em}section{border-top:1px solid #cc
         ".keeper img{border-color:#2a2}")
 
 
-def _thumbnail(key: str, size: int) -> str:
-    """A base64 JPEG data URI of the image at `key` (file or tar member), '' on failure."""
-    import base64
-    import io
-    import tarfile
+def _thumbnails(size: int):
+    """key -> a base64 JPEG data URL of the image at `key` (file or tar member), '' when it
+    cannot be read (a blank on the page, never fatal)."""
+    from clipsift.inputs.reader import KeyReader
+    from clipsift.inputs.thumbnails import thumbnail_data_url
 
-    from clipsift.inputs.images import open_image
-    from clipsift.inputs.keys import split_key
+    reader = KeyReader()
 
-    try:
-        shard, name = split_key(key)
-        if name is not None:
-            with tarfile.open(shard, "r:*") as tf:
-                fh = tf.extractfile(name)
-                data = fh.read() if fh is not None else b""
-            im = open_image(data, size, name=key)
-        else:
-            im = open_image(key, size)
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=80)
-    except Exception:  # a thumbnail that cannot be made is left blank, never fatal
-        return ""
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    def make(key: str) -> str:
+        try:
+            item = reader.item(key)
+            source = item.path if item.path is not None else item.read_bytes()
+        except OSError:
+            return ""
+        return thumbnail_data_url(source, size, name=key) or ""
+
+    return make
 
 
 def write_groups_html(result: DedupResult, coll: Collection, path: str | os.PathLike, *,
@@ -453,6 +446,7 @@ def write_groups_html(result: DedupResult, coll: Collection, path: str | os.Path
     embedded as base64 JPEG: no file links, safe to open or share as one file."""
     import html
 
+    thumbnail = _thumbnails(thumb)
     parts = [f"<!doctype html><meta charset='utf-8'><title>clipsift dedup</title>"
              f"<style>{_CSS.replace('{w}', str(thumb))}</style>",
              f"<h1>{len(result.groups)} groups, {result.duplicates} duplicates among "
@@ -464,7 +458,7 @@ def write_groups_html(result: DedupResult, coll: Collection, path: str | os.Path
             dims = f"{coll.width[row]}x{coll.height[row]}" if coll.width[row] >= 0 else "?"
             label = "keeper" if k == 0 else f"sim {sim:.3f}"
             parts.append(f"<figure class='{'keeper' if k == 0 else 'dup'}'>"
-                         f"<img src='{_thumbnail(coll.keys[row], thumb)}' alt=''>"
+                         f"<img src='{thumbnail(coll.keys[row])}' alt=''>"
                          f"<figcaption>{html.escape(label)} · {dims}<br>"
                          f"{html.escape(key)}</figcaption></figure>")
         parts.append("</section>")

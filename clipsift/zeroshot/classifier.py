@@ -85,6 +85,7 @@ def classify(
     top_k: int | None = None,
     batch_size: int = 64,
     workers: int | None = None,
+    fast_decode: bool = False,
 ) -> list[Classification]:
     """Classify images zero-shot against `labels`.
 
@@ -96,15 +97,18 @@ def classify(
             ensembled; None uses labels as full prompts. A malformed template raises
             UsageError.
         top_k: keep only the k most probable labels per image.
+        batch_size, workers, fast_decode: as for `clipsift.engines.local.embed_items`
+            (fast_decode: large JPEG files decoded at reduced scale, approximate).
     Returns:
         One Classification per image, in input order; failed images carry `error`.
     """
     return list(iter_classify(model, images, labels, templates, top_k=top_k,
-                              batch_size=batch_size, workers=workers))
+                              batch_size=batch_size, workers=workers,
+                              fast_decode=fast_decode))
 
 
 def iter_classify(model, images, labels, templates=None, *, top_k=None, batch_size=64,
-                  workers=None) -> Iterator[Classification]:
+                  workers=None, fast_decode=False) -> Iterator[Classification]:
     """Streaming form of `classify`: yields results batch by batch."""
     clf = ZeroShotClassifier(model, labels, templates)
     pil = [im for im in images] if not isinstance(images, list) else images
@@ -117,7 +121,8 @@ def iter_classify(model, images, labels, templates=None, *, top_k=None, batch_si
     from clipsift.inputs.sources import iter_items
 
     paths = [str(p) for p in pil]
-    for batch in embed_items(model, iter_items(paths), batch_size=batch_size, workers=workers):
+    for batch in embed_items(model, iter_items(paths), batch_size=batch_size, workers=workers,
+                             fast_decode=fast_decode):
         good = [r for r in batch if r.vector is not None]
         ranked = clf.classify_vectors(np.stack([r.vector for r in good]), top_k) if good else []
         it = iter(ranked)

@@ -198,6 +198,31 @@ def test_worker_crash_is_isolated_to_its_item(corpus: Path, tmp_path: Path) -> N
     assert not mp.active_children()
 
 
+def test_crash_while_chunks_are_still_being_submitted(corpus: Path, tmp_path: Path) -> None:
+    """A worker dies on the first chunk while the reader still feeds chunks in (slowly): the
+    submits that meet the broken pool are redone after the crash is isolated, not raised."""
+    model = FakeModel()
+    model.preprocess = crash_on_tall
+    killer = tmp_path / "killer.png"
+    Image.new("RGB", (13, 71), (9, 9, 9)).save(killer)
+    paths = paths_of(corpus)[:16]
+
+    def slow_items() -> Iterator[Item]:
+        yield Item(str(killer), str(killer))
+        for p in paths:
+            time.sleep(0.15)  # the crash happens while these are still arriving
+            yield Item(p, p)
+
+    results = [r for b in embed_items(model, slow_items(), batch_size=1, workers=2,
+                                      prefetch=64) for r in b]
+    assert [r.item.key for r in results] == [str(killer), *paths]
+    assert "crashed" in results[0].error
+    assert all(r.error is None for r in results[1:])
+    np.testing.assert_allclose(vectors(results[1:]), FakeModel().encode_images(paths),
+                               atol=1e-6)
+    assert not mp.active_children()
+
+
 @pytest.mark.slow
 def test_workers_overlap_decode_with_slow_encoder(tmp_path: Path) -> None:
     """With a slow encoder, decode workers beat in-process decoding (200 real photos)."""

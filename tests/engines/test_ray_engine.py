@@ -127,7 +127,7 @@ def test_ray_parquet_shards_and_dedup_equal_local(ray_engine, data, tmp_path):
             assert np.allclose(by_key[r.item.key], r.vector, atol=1e-6)
     info = json.loads((tmp_path / "emb" / "_clipsift.json").read_text())
     assert info == {"model": "fake", "dim": 64, "fingerprint": model.fingerprint.digest,
-                    "rows": 31, "errors": 1, "unreadable": {}}
+                    "rows": 31, "errors": 1, "unreadable": {}, "decode": "exact"}
     local = collection_from_inputs(model, data, engine=LOCAL)
     remote = collection_from_inputs(model, data, engine=ray_engine)
     assert local.keys == remote.keys and np.allclose(local.vectors, remote.vectors, atol=1e-6)
@@ -186,6 +186,32 @@ def test_ray_parquet_names_the_model_and_unreadable_folders(ray_engine, data, tm
         meta = pq.read_schema(f).metadata
         assert (meta[b"clipsift.model"], meta[b"clipsift.dim"]) == (b"fake", b"64"), f
         assert meta[b"clipsift.fingerprint"] == model.fingerprint.digest.encode(), f
+
+
+@pytest.mark.slow
+def test_ray_decodes_exactly_like_the_other_routes(ray_engine, tmp_path):
+    """Every kind of file gives the reference vector on Ray too (PIL full decode + EXIF +
+    alpha on white, the model's preprocess); fast decoding only when asked, and recorded."""
+    from clipsift.engines.base import PipelineStats
+    from tests.support.imagekinds import reference_rgb, write_kinds
+
+    kinds = write_kinds(tmp_path / "kinds")
+    model = FakeModel()
+    by_name = {r.item.key.rsplit("/", 1)[1]: r for r in _results(ray_engine, model,
+                                                                  [str(tmp_path / "kinds")])}
+    assert sorted(by_name) == sorted(kinds)
+    for name, path in kinds.items():
+        ref = model.encode_images([reference_rgb(path)])[0]
+        assert by_name[name].error is None
+        assert float(np.max(np.abs(by_name[name].vector - ref))) <= 1e-6, name
+    stats = PipelineStats()
+    with RayEngine(fast_decode=True) as fast:  # joins the running Ray, leaves it running
+        assert fast.decode_mode == "fast"
+        got = [r for b in fast.embed(model, iter_items([str(kinds["big.jpg"])]), stats=stats)
+               for r in b]
+    assert stats.decode_mode == "fast"
+    ref = model.encode_images([reference_rgb(kinds["big.jpg"])])[0]
+    assert float(np.max(np.abs(got[0].vector - ref))) > 1e-6
 
 
 def test_make_engine_names():

@@ -310,7 +310,7 @@ def test_corrupt_files_never_raise_raw_exceptions(tmp_path: Path) -> None:
                 data[rng.randrange(len(data))] = rng.randrange(256)
             cut = len(data) if rng.random() < 0.5 else rng.randrange(1, len(data))
             try:
-                im = open_image(bytes(data[:cut]), target_size=64)
+                im = open_image(bytes(data[:cut]), draft_size=64)
             except ImageError as exc:
                 assert exc.reason
             else:
@@ -344,18 +344,18 @@ def test_jpeg_draft_decodes_reduced_but_not_below_target(tmp_path: Path) -> None
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
     Image.fromarray(noise).resize((4000, 3000)).save(path, quality=80)
-    decoded = decode_image(path, target_size=224)
+    decoded = decode_image(path, draft_size=224)
     w, h = decoded.image.size
     assert min(w, h) >= 224 and w <= 1000
     assert (decoded.width, decoded.height) == (4000, 3000)
-    assert min(decode_image(path, target_size=1000).image.size) >= 1000
+    assert min(decode_image(path, draft_size=1000).image.size) >= 1000
     assert open_image(path).size == (4000, 3000)
 
 
 def test_real_photos_open(tmp_path: Path) -> None:
     for path in extract_photos(tmp_path, 5):
         full = image_size_of(path)
-        decoded = decode_image(path, target_size=224)
+        decoded = decode_image(path, draft_size=224)
         assert decoded.image.mode == "RGB"
         assert (decoded.width, decoded.height) == full
         assert min(decoded.image.size) >= min(224, *full)
