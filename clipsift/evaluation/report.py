@@ -66,6 +66,7 @@ tr.best .bar>span{background:var(--good)}
 align-items:start}
 figure{margin:0}figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figure.narrow img{max-width:640px}
+figure.full{overflow:auto;max-height:900px}figure.full img{max-width:none;margin:0}
 figcaption{color:var(--muted);font-size:13px;text-align:center;margin-top:4px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
 .mistake{border:1px solid var(--line);border-radius:8px;overflow:hidden;background:#fff}
@@ -85,12 +86,18 @@ def _pct(x: float | None) -> str:
 
 
 # ---- plots ----------------------------------------------------------------------------------
+#: Resolution of every embedded plot (pixels per inch of figure size).
+PLOT_DPI = 110
+#: Confusion-matrix cells are drawn at least this many pixels wide, never resampled.
+MIN_CELL_PX = 2
+
+
 def _png(fig) -> str:
     """A matplotlib figure as a data: URI (PNG); closes the figure."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -104,16 +111,31 @@ def _pyplot():
     return plt
 
 
-def confusion_plot(metrics: Metrics, classes: list[str]) -> str:
-    """Row-normalised confusion heatmap (share of each true class) as a PNG data URI."""
+def confusion_figure(metrics: Metrics, classes: list[str]):
+    """The row-normalised confusion heatmap as a matplotlib figure (the caller closes it).
+
+    The colour of a cell is the share of the true class's images predicted as the column's
+    class, and so is the number printed in it (with the image count below), and so is the
+    colour bar's scale: one quantity, one mapping (`vmin=0`, `vmax=1`). Cells are drawn
+    with nearest-neighbour sampling at `MIN_CELL_PX` pixels or more at `PLOT_DPI`, so a
+    matrix of hundreds of classes is not averaged into paler colours than its values.
+
+    Args:
+        metrics: scores with the confusion counts (rows: true class).
+        classes: class names, in the order of the matrix.
+
+    Returns:
+        A `matplotlib.figure.Figure` (axes 0: the matrix; axes 1: the colour bar).
+    """
     plt = _pyplot()
     conf = metrics.confusion.astype(float)
     rows = conf.sum(axis=1, keepdims=True)
     share = np.divide(conf, rows, out=np.zeros_like(conf), where=rows > 0)
     c = len(classes)
-    side = min(14.0, max(4.8, 0.42 * c + 2.2))
+    side = max(min(14.0, max(4.8, 0.42 * c + 2.2)), MIN_CELL_PX * c / PLOT_DPI / 0.7 + 2.2)
     fig, ax = plt.subplots(figsize=(side, side * 0.86))
-    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest",
+                   interpolation_stage="rgba")
     if c <= 60:
         ax.set_xticks(range(c), [n[:24] for n in classes], rotation=50, ha="right", fontsize=9)
         ax.set_yticks(range(c), [n[:24] for n in classes], fontsize=9)
@@ -121,12 +143,19 @@ def confusion_plot(metrics: Metrics, classes: list[str]) -> str:
         for i in range(c):
             for j in range(c):
                 if conf[i, j]:
-                    ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, f"{share[i, j]:.0%}\n{int(conf[i, j])}", ha="center",
+                            va="center", fontsize=8, linespacing=1.1,
                             color="white" if share[i, j] > 0.55 else "#1f2933")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    return _png(fig)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    bar.ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+    return fig
+
+
+def confusion_plot(metrics: Metrics, classes: list[str]) -> str:
+    """`confusion_figure` as a PNG data URI."""
+    return _png(confusion_figure(metrics, classes))
 
 
 def class_bars_plot(metrics: Metrics, limit: int = 40) -> str:
@@ -260,6 +289,13 @@ def _heldout_section(ev: Evaluation) -> str:
     return out + "</section>"
 
 
+def _full_note(classes: int) -> str:
+    if classes <= 60:
+        return ""
+    return (f" (shown at full size, {MIN_CELL_PX}+ pixels per cell: scroll it, or zoom the "
+            "page, rather than reading a shrunk copy)")
+
+
 def _classes_section(ev: Evaluation) -> str:
     m = ev.best.metrics
     conf = m.confusion.copy()
@@ -273,9 +309,11 @@ def _classes_section(ev: Evaluation) -> str:
                     f"{_pct(c.recall)}</td><td>{confused}</td></tr>")
     return ("<section id=\"classes\"><h2>Where it goes wrong</h2><p class=\"note\">With the "
             f"best prompt set, <code>{escape(ev.best.name)}</code>.</p><div class=\"plots\">"
-            f'<figure><img class="plot" alt="confusion matrix" '
-            f'src="{confusion_plot(m, ev.classes)}"><figcaption>Confusion matrix (rows: true '
-            "class; numbers: image counts)</figcaption></figure>"
+            f'<figure class="{"full" if len(ev.classes) > 60 else ""}"><img class="plot" '
+            f'alt="confusion matrix" src="{confusion_plot(m, ev.classes)}"><figcaption>'
+            "Confusion matrix: a row per true class; colour (and percentage) is the share "
+            "of its images predicted as the column's class, the small number their count"
+            f"{_full_note(len(ev.classes))}</figcaption></figure>"
             f'<figure><img class="plot" alt="per-class recall and precision" '
             f'src="{class_bars_plot(m)}"><figcaption>Recall and precision per class'
             "</figcaption></figure></div><details><summary>Per-class table</summary>"
