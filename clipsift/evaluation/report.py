@@ -24,61 +24,24 @@ import numpy as np
 from clipsift.errors import UsageError
 from clipsift.evaluation.datasets import Dataset
 from clipsift.evaluation.evaluate import Evaluation, Metrics
+from clipsift.htmlpage import render_page
 from clipsift.inputs.keys import printable, split_key
 
 _CSS = """
-:root{--ink:#1f2933;--muted:#616e7c;--line:#e4e7eb;--bg:#f5f7fa;--card:#fff;--accent:#2563eb;
---good:#0f9d58;--bad:#d93025;--best:#e8f5e9}
-*{box-sizing:border-box}
-body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-color:var(--ink);background:var(--bg)}
-header{background:#1e293b;color:#fff;padding:28px 0 58px}
-header h1{margin:0 0 4px;font-size:24px;font-weight:650}
-header .sub{color:#cbd5e1;font-size:14px;word-break:break-all}
-.wrap{max-width:1180px;margin:0 auto;padding:0 24px}
-section{background:var(--card);border:1px solid var(--line);border-radius:10px;
-padding:20px 24px;margin:20px 0}
-h2{font-size:18px;margin:0 0 6px}
-p.note{color:var(--muted);margin:0 0 14px;font-size:14px}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(165px,1fr));gap:14px;
-margin-top:-34px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;
-box-shadow:0 1px 3px rgba(0,0,0,.06)}
-.card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.card .v{font-size:26px;font-weight:650}
-.card .d{color:var(--muted);font-size:13px;word-break:break-word}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{padding:7px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle}
-th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);
-background:#fafbfc}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.best td{background:var(--best);font-weight:600}
-tbody tr:hover td{background:#f0f4ff}
-.badge{display:inline-block;font-size:11px;font-weight:700;color:#fff;background:var(--good);
-border-radius:999px;padding:1px 8px;margin-left:8px;vertical-align:1px}
-.badge.alt{background:var(--accent)}
-code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f5f9;
-padding:1px 5px;border-radius:4px}
 .bar{position:relative;height:8px;background:#eef2f7;border-radius:4px;min-width:120px}
 .bar>span{position:absolute;left:0;top:0;bottom:0;background:var(--accent);border-radius:4px}
 tr.best .bar>span{background:var(--good)}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px;
 align-items:start}
-figure{margin:0}figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figure.narrow img{max-width:640px}
 figure.full{overflow:auto;max-height:900px}figure.full img{max-width:none;margin:0}
-figcaption{color:var(--muted);font-size:13px;text-align:center;margin-top:4px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
 .mistake{border:1px solid var(--line);border-radius:8px;overflow:hidden;background:#fff}
 .mistake img{width:100%;height:130px;object-fit:contain;background:#e2e8f0;display:block}
 .mistake .t{padding:6px 8px;font-size:12.5px;line-height:1.35}
 .pred{color:var(--bad);font-weight:600}.true{color:var(--good);font-weight:600}
 .fname{color:var(--muted);font-size:11.5px;overflow:hidden;text-overflow:ellipsis;
 white-space:nowrap}
-details summary{cursor:pointer;color:var(--accent);margin:8px 0}
-ul.fail{font-size:13px;color:var(--muted);word-break:break-all}
-footer{color:var(--muted);font-size:12px;text-align:center;padding:10px 0 30px}
-"""
+"""  # the report's own rules; the shared look is clipsift/assets/page.css
 
 
 def _pct(x: float | None) -> str:
@@ -377,12 +340,7 @@ def render_report(ev: Evaluation, dataset: Dataset, *, title: str | None = None,
     enc = ev.embedding
     foot = (f"clipsift {escape(__version__)} · images encoded this run: {enc['encoded']:,}, "
             f"from cache: {enc['from_cache']:,}, from index: {enc['from_index']:,}")
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\""
-            "viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{escape(name)}</title><style>{_CSS}</style></head><body><header>"
-            f"<div class=\"wrap\"><h1>{escape(name)}</h1><div class=\"sub\">{sub}</div></div>"
-            f"</header><main class=\"wrap\">{''.join(parts)}</main><footer>{foot}</footer>"
-            "</body></html>")
+    return render_page(name, sub, "".join(parts), foot, _CSS)
 
 
 def write_report(ev: Evaluation, dataset: Dataset, path: str | os.PathLike, **kwargs) -> Path:
