@@ -1,9 +1,10 @@
 """The search page in a real browser: Selenium drives Debian's headless Chromium against
 `clipsift serve` on 127.0.0.1. Type a query -> result images load; upload an image ->
 results like it; a bad upload -> a visible error; click a result -> more like it;
-classify an image -> probability bars. Without Chromium: skipped when run with plain
-pytest, a failure under scripts/test.sh (see tests/browser/chrome.py). The browser is the
-module's (conftest.py); CLIPSIFT_SCREENSHOTS=/some/folder keeps screenshots."""
+classify an image -> probability bars (URLs, keyboard, captions and the API key:
+test_search_page.py). Without Chromium: skipped when run with plain pytest, a failure
+under scripts/test.sh (see tests/browser/chrome.py). The browser is the module's
+(conftest.py); CLIPSIFT_SCREENSHOTS=/some/folder keeps screenshots."""
 
 from __future__ import annotations
 
@@ -90,21 +91,3 @@ def test_click_result_for_more_like_it_and_classify(browser, server, photos):
     wait(browser, lambda d: len(d.find_elements("css selector", "#classify-results li")) == 3,
          "no classification bars")
     screenshot(browser, "classify")
-
-
-def test_page_with_api_key_asks_for_it_and_loads_thumbnails(browser, photos, tmp_path):
-    path = build_index(photos, tmp_path, count=6)
-    key = "browser-test-key-123"
-    with LiveServer([str(path), "--model", "fake"], env={"CLIPSIFT_API_KEY": key}) as srv:
-        browser.get(srv.url + "/")
-        auth = browser.find_element("id", "auth")
-        wait(browser, lambda d: auth.is_displayed(), "the page did not ask for the API key")
-        browser.find_element("id", "api-key").send_keys(key + "\n")
-        wait(browser, lambda d: "images" in d.find_element("id", "server-info").text,
-             "the key was not accepted")
-        browser.find_element("id", "query").send_keys("fish\n")
-        wait(browser, lambda d: loaded_images(d) >= 6, "thumbnails did not load with the key")
-        srcs = [e.get_attribute("src") for e in browser.find_elements("css selector",
-                                                                       "#results img")]
-        assert all(s.startswith("blob:") for s in srcs)  # fetched with the key header
-        browser.execute_script("sessionStorage.clear()")
