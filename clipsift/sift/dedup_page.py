@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -152,20 +153,22 @@ def _folder(text: str, limit: int = 48) -> str:
 
 
 def _link(key: str) -> tuple[str, str]:
-    """(href, note) for an image: a file:// URL, or its tar shard's with a note."""
+    """(href, note) for an image: its file:// URL and "", or for a tar member its shard's
+    URL and a note saying so (plain text)."""
     path, member = split_key(key)
-    href = escape(Path(path).absolute().as_uri())
+    href = Path(path).absolute().as_uri()
     if member is None:
         return href, ""
-    return href, f"in tar file {escape(printable(os.path.basename(path)))}"
+    return href, f"in tar file {printable(os.path.basename(path))}"
 
 
 def _member(coll: Collection, result: DedupResult, group: DupGroup, k: int,
-            thumbnail) -> str:
+            thumbnail: Callable[[str], str]) -> str:
     row, sim = group.members[k], group.similarity[k]
     key = coll.keys[row]
     path, member = split_key(key)
-    href, note = _link(key)
+    url, note = _link(key)
+    href = escape(url)
     src = thumbnail(key)
     img = f'<img src="{src}" alt="">' if src else '<img alt="unreadable">'
     shown = printable(member if member is not None else path)
@@ -185,15 +188,16 @@ def _member(coll: Collection, result: DedupResult, group: DupGroup, k: int,
     facts = " · ".join(f"<span>{escape(_fact(coll, c, row))}</span>"
                        for c in ("resolution", "largest-file", "oldest"))
     title = escape(printable(key))
+    opens = escape(f"open the {note}" if note else f"open {printable(key)}")
     return (f'<figure class="member{" keeper" if k == 0 else ""}"><a class="img" '
-            f'href="{href}" title="open {title}">{img}</a><div class="t"><div>{badge}</div>'
+            f'href="{href}" title="{opens}">{img}</a><div class="t"><div>{badge}</div>'
             f'<div class="name" title="{title}"><a href="{href}">{escape(os.path.basename(shown))}'
             f'</a></div><div class="dir" title="{title}">{escape(folder)}</div>'
             f'<div class="facts">{facts}</div>{lost}</div></figure>')
 
 
 def _group(coll: Collection, result: DedupResult, g_id: int, group: DupGroup,
-           max_members: int, thumbnail) -> str:
+           max_members: int, thumbnail: Callable[[str], str]) -> str:
     stats = group_stats(coll.vectors, group)
     low = "—" if stats.min is None else f"{stats.min:.4f}"
     shown = group.members[:max_members]
@@ -245,7 +249,7 @@ def _cards(result: DedupResult) -> str:
     return f'<div class="cards">{body}</div>'
 
 
-def _thumbnails(size: int):
+def _thumbnails(size: int) -> Callable[[str], str]:
     """key -> a base64 JPEG data URL of the image at `key` (file or tar member), '' when it
     cannot be read (a blank on the page, never fatal)."""
     from clipsift.inputs.reader import KeyReader

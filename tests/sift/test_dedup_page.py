@@ -158,3 +158,23 @@ def test_no_groups_says_so(scene):
                        coll.mtime[:3], coll.size[:3])  # 10° apart, nothing at 0.999
     page = render_groups_html(find_duplicates(three, 0.999), three)
     assert "No near-duplicates" in page and "Near-duplicates: 0 groups" in page
+
+
+def test_names_are_escaped_once(tmp_path):
+    """File, folder and tar names holding HTML are shown as text, escaped exactly once."""
+    folder = tmp_path / "<dir>"
+    folder.mkdir()
+    keys = [jpeg(folder / f"<b>&{i}.jpg", (40, 30), (90, 90, 90)) for i in range(2)]
+    member = tmp_path / "m.jpg"
+    jpeg(member, (40, 30), (90, 90, 90))
+    with tarfile.open(tmp_path / "t&t.tar", "w") as tar:
+        tar.add(member, arcname="<m>.jpg")
+    keys.append(f"{tmp_path / 't&t.tar'}::<m>.jpg")
+    n = len(keys)
+    coll = Collection(keys, np.stack([unit(0, 0)] * n), np.full(n, 40), np.full(n, 30),
+                      np.array([3.0, 2.0, 1.0]), np.full(n, 10, np.int64))
+    page = render_groups_html(find_duplicates(coll, 0.99), coll)
+    assert "<b>&0" not in page and "<m>" not in page and "<dir>" not in page
+    assert "&lt;b&gt;&amp;0.jpg" in page and "&lt;dir&gt;" in page
+    assert "in tar file t&amp;t.tar" in page and "&amp;amp;" not in page
+    assert page.count('<img src="data:image/jpeg;base64,') == 3
