@@ -43,7 +43,8 @@ def dedup_cmd(
 ) -> None:
     """Group near-duplicate images (FAISS range search) and pick a keeper per group."""
     from clipsift.cli.output import notice
-    from clipsift.sift.dedup import find_duplicates, write_groups_html, write_groups_parquet
+    from clipsift.sift.dedup import find_duplicates, write_groups_parquet
+    from clipsift.sift.dedup_page import write_groups_html
 
     coll = collection(sources, index, model, device, batch_size, engine,
                        (workers, ray_address, ray_cpus, encoders, fast_decode))

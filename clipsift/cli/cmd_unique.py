@@ -36,7 +36,7 @@ def unique_cmd(
     """Rank images by how unusual they are: mean distance to their k nearest neighbours."""
     import json
 
-    from clipsift.sift.dedup import uniqueness, write_unique_parquet
+    from clipsift.sift.unique import uniqueness, write_unique_parquet
 
     coll = collection(sources, index, model, device, batch_size, engine,
                        (workers, ray_address, ray_cpus, encoders, fast_decode))

@@ -24,60 +24,24 @@ import numpy as np
 from clipsift.errors import UsageError
 from clipsift.evaluation.datasets import Dataset
 from clipsift.evaluation.evaluate import Evaluation, Metrics
+from clipsift.htmlpage import render_page
 from clipsift.inputs.keys import printable, split_key
 
 _CSS = """
-:root{--ink:#1f2933;--muted:#616e7c;--line:#e4e7eb;--bg:#f5f7fa;--card:#fff;--accent:#2563eb;
---good:#0f9d58;--bad:#d93025;--best:#e8f5e9}
-*{box-sizing:border-box}
-body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-color:var(--ink);background:var(--bg)}
-header{background:#1e293b;color:#fff;padding:28px 0 58px}
-header h1{margin:0 0 4px;font-size:24px;font-weight:650}
-header .sub{color:#cbd5e1;font-size:14px;word-break:break-all}
-.wrap{max-width:1180px;margin:0 auto;padding:0 24px}
-section{background:var(--card);border:1px solid var(--line);border-radius:10px;
-padding:20px 24px;margin:20px 0}
-h2{font-size:18px;margin:0 0 6px}
-p.note{color:var(--muted);margin:0 0 14px;font-size:14px}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(165px,1fr));gap:14px;
-margin-top:-34px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;
-box-shadow:0 1px 3px rgba(0,0,0,.06)}
-.card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.card .v{font-size:26px;font-weight:650}
-.card .d{color:var(--muted);font-size:13px;word-break:break-word}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{padding:7px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle}
-th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);
-background:#fafbfc}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.best td{background:var(--best);font-weight:600}
-tbody tr:hover td{background:#f0f4ff}
-.badge{display:inline-block;font-size:11px;font-weight:700;color:#fff;background:var(--good);
-border-radius:999px;padding:1px 8px;margin-left:8px;vertical-align:1px}
-.badge.alt{background:var(--accent)}
-code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f5f9;
-padding:1px 5px;border-radius:4px}
 .bar{position:relative;height:8px;background:#eef2f7;border-radius:4px;min-width:120px}
 .bar>span{position:absolute;left:0;top:0;bottom:0;background:var(--accent);border-radius:4px}
 tr.best .bar>span{background:var(--good)}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:18px;
 align-items:start}
-figure{margin:0}figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figure.narrow img{max-width:640px}
-figcaption{color:var(--muted);font-size:13px;text-align:center;margin-top:4px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
+figure.full{overflow:auto;max-height:900px}figure.full img{max-width:none;margin:0}
 .mistake{border:1px solid var(--line);border-radius:8px;overflow:hidden;background:#fff}
 .mistake img{width:100%;height:130px;object-fit:contain;background:#e2e8f0;display:block}
 .mistake .t{padding:6px 8px;font-size:12.5px;line-height:1.35}
 .pred{color:var(--bad);font-weight:600}.true{color:var(--good);font-weight:600}
 .fname{color:var(--muted);font-size:11.5px;overflow:hidden;text-overflow:ellipsis;
 white-space:nowrap}
-details summary{cursor:pointer;color:var(--accent);margin:8px 0}
-ul.fail{font-size:13px;color:var(--muted);word-break:break-all}
-footer{color:var(--muted);font-size:12px;text-align:center;padding:10px 0 30px}
-"""
+"""  # the report's own rules; the shared look is clipsift/assets/page.css
 
 
 def _pct(x: float | None) -> str:
@@ -85,12 +49,18 @@ def _pct(x: float | None) -> str:
 
 
 # ---- plots ----------------------------------------------------------------------------------
+#: Resolution of every embedded plot (pixels per inch of figure size).
+PLOT_DPI = 110
+#: Confusion-matrix cells are drawn at least this many pixels wide, never resampled.
+MIN_CELL_PX = 2
+
+
 def _png(fig) -> str:
     """A matplotlib figure as a data: URI (PNG); closes the figure."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=PLOT_DPI, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -104,16 +74,31 @@ def _pyplot():
     return plt
 
 
-def confusion_plot(metrics: Metrics, classes: list[str]) -> str:
-    """Row-normalised confusion heatmap (share of each true class) as a PNG data URI."""
+def confusion_figure(metrics: Metrics, classes: list[str]):
+    """The row-normalised confusion heatmap as a matplotlib figure (the caller closes it).
+
+    The colour of a cell is the share of the true class's images predicted as the column's
+    class, and so is the number printed in it (with the image count below), and so is the
+    colour bar's scale: one quantity, one mapping (`vmin=0`, `vmax=1`). Cells are drawn
+    with nearest-neighbour sampling at `MIN_CELL_PX` pixels or more at `PLOT_DPI`, so a
+    matrix of hundreds of classes is not averaged into paler colours than its values.
+
+    Args:
+        metrics: scores with the confusion counts (rows: true class).
+        classes: class names, in the order of the matrix.
+
+    Returns:
+        A `matplotlib.figure.Figure` (axes 0: the matrix; axes 1: the colour bar).
+    """
     plt = _pyplot()
     conf = metrics.confusion.astype(float)
     rows = conf.sum(axis=1, keepdims=True)
     share = np.divide(conf, rows, out=np.zeros_like(conf), where=rows > 0)
     c = len(classes)
-    side = min(14.0, max(4.8, 0.42 * c + 2.2))
+    side = max(min(14.0, max(4.8, 0.42 * c + 2.2)), MIN_CELL_PX * c / PLOT_DPI / 0.7 + 2.2)
     fig, ax = plt.subplots(figsize=(side, side * 0.86))
-    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest",
+                   interpolation_stage="rgba")
     if c <= 60:
         ax.set_xticks(range(c), [n[:24] for n in classes], rotation=50, ha="right", fontsize=9)
         ax.set_yticks(range(c), [n[:24] for n in classes], fontsize=9)
@@ -121,12 +106,19 @@ def confusion_plot(metrics: Metrics, classes: list[str]) -> str:
         for i in range(c):
             for j in range(c):
                 if conf[i, j]:
-                    ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, f"{share[i, j]:.0%}\n{int(conf[i, j])}", ha="center",
+                            va="center", fontsize=8, linespacing=1.1,
                             color="white" if share[i, j] > 0.55 else "#1f2933")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    return _png(fig)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    bar.ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+    return fig
+
+
+def confusion_plot(metrics: Metrics, classes: list[str]) -> str:
+    """`confusion_figure` as a PNG data URI."""
+    return _png(confusion_figure(metrics, classes))
 
 
 def class_bars_plot(metrics: Metrics, limit: int = 40) -> str:
@@ -260,6 +252,13 @@ def _heldout_section(ev: Evaluation) -> str:
     return out + "</section>"
 
 
+def _full_note(classes: int) -> str:
+    if classes <= 60:
+        return ""
+    return (f" (shown at full size, {MIN_CELL_PX}+ pixels per cell: scroll it, or zoom the "
+            "page, rather than reading a shrunk copy)")
+
+
 def _classes_section(ev: Evaluation) -> str:
     m = ev.best.metrics
     conf = m.confusion.copy()
@@ -273,9 +272,11 @@ def _classes_section(ev: Evaluation) -> str:
                     f"{_pct(c.recall)}</td><td>{confused}</td></tr>")
     return ("<section id=\"classes\"><h2>Where it goes wrong</h2><p class=\"note\">With the "
             f"best prompt set, <code>{escape(ev.best.name)}</code>.</p><div class=\"plots\">"
-            f'<figure><img class="plot" alt="confusion matrix" '
-            f'src="{confusion_plot(m, ev.classes)}"><figcaption>Confusion matrix (rows: true '
-            "class; numbers: image counts)</figcaption></figure>"
+            f'<figure class="{"full" if len(ev.classes) > 60 else ""}"><img class="plot" '
+            f'alt="confusion matrix" src="{confusion_plot(m, ev.classes)}"><figcaption>'
+            "Confusion matrix: a row per true class; colour (and percentage) is the share "
+            "of its images predicted as the column's class, the small number their count"
+            f"{_full_note(len(ev.classes))}</figcaption></figure>"
             f'<figure><img class="plot" alt="per-class recall and precision" '
             f'src="{class_bars_plot(m)}"><figcaption>Recall and precision per class'
             "</figcaption></figure></div><details><summary>Per-class table</summary>"
@@ -339,12 +340,7 @@ def render_report(ev: Evaluation, dataset: Dataset, *, title: str | None = None,
     enc = ev.embedding
     foot = (f"clipsift {escape(__version__)} · images encoded this run: {enc['encoded']:,}, "
             f"from cache: {enc['from_cache']:,}, from index: {enc['from_index']:,}")
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\""
-            "viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{escape(name)}</title><style>{_CSS}</style></head><body><header>"
-            f"<div class=\"wrap\"><h1>{escape(name)}</h1><div class=\"sub\">{sub}</div></div>"
-            f"</header><main class=\"wrap\">{''.join(parts)}</main><footer>{foot}</footer>"
-            "</body></html>")
+    return render_page(name, sub, "".join(parts), foot, _CSS)
 
 
 def write_report(ev: Evaluation, dataset: Dataset, path: str | os.PathLike, **kwargs) -> Path:

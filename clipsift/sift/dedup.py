@@ -1,4 +1,4 @@
-"""Near-duplicate groups and uniqueness ranking over image embeddings.
+"""Near-duplicate groups over image embeddings.
 
 `find_duplicates` links every pair of images whose embeddings have cosine similarity at
 least `threshold`, found with a FAISS range search (exact inner product on unit vectors,
@@ -7,12 +7,12 @@ union-find (single linkage: A~B and B~C put A, B and C in one group even if A an
 further apart; each member's similarity to the keeper is reported). One keeper per group
 is chosen by an ordered policy, by default the largest resolution, then the oldest file.
 
-`uniqueness` ranks images by how unusual they are in the collection: the mean cosine
-distance (1 - similarity) to their k nearest neighbours, from a FAISS k-NN search.
-
     >>> coll = collection_from_index("photos.db")
     >>> result = find_duplicates(coll, threshold=0.95)
     >>> write_groups_parquet(result, coll, "dups.parquet")
+
+The HTML page of the groups is `clipsift.sift.dedup_page`; the uniqueness ranking over a
+`Collection` is `clipsift.sift.unique`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsift.errors import UsageError
-from clipsift.inputs.keys import parquet_columns, printable
+from clipsift.inputs.keys import parquet_columns
 from clipsift.models.base import l2_normalize
 from clipsift.models.fingerprint import parquet_metadata
 
@@ -42,7 +42,8 @@ IVF_FROM = 200_000
 #: Similarities are float32 sums: identical unit vectors score 0.99999994, not 1.0. A pair
 #: counts from `threshold - SIM_TOLERANCE` on, so `threshold=1.0` finds identical copies.
 SIM_TOLERANCE = 1e-5
-_CHUNK = 4096
+#: Query rows per FAISS search call (bounds the memory of one call).
+CHUNK_ROWS = 4096
 
 
 @dataclass
@@ -218,8 +219,8 @@ def similar_pairs(vectors: np.ndarray, threshold: float, *, method: str = "auto"
     # the largest float32 below the tolerant threshold: FAISS keeps scores > radius
     radius = float(np.nextafter(np.float32(threshold - SIM_TOLERANCE), np.float32(-np.inf)))
     out_i, out_j, out_s = [], [], []
-    for start in range(0, len(x), _CHUNK):
-        lims, sims, ids = index.range_search(x[start : start + _CHUNK], radius)
+    for start in range(0, len(x), CHUNK_ROWS):
+        lims, sims, ids = index.range_search(x[start : start + CHUNK_ROWS], radius)
         query = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
         forward = ids > query  # each pair once, no self-matches
         out_i.append(query[forward])
@@ -250,8 +251,10 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def _rank_key(coll: Collection, keep: tuple[str, ...], row: int) -> tuple:
-    """Sort key of a member under the keeper policy: smaller is a better keeper."""
+def rank_key(coll: Collection, keep: tuple[str, ...], row: int) -> tuple:
+    """Sort key of a member under the keeper policy: smaller is a better keeper.
+
+    One value per criterion of `keep`, in order, then the key (the final tie-break)."""
     pixels = int(coll.width[row]) * int(coll.height[row]) if coll.width[row] >= 0 else -1
     mtime = float(coll.mtime[row])
     mtime = np.inf if np.isnan(mtime) else mtime
@@ -291,7 +294,7 @@ def find_duplicates(coll: Collection, threshold: float = 0.95, *,
     i, j, _, used = similar_pairs(coll.vectors, threshold, method=method, nprobe=nprobe)
     groups = []
     for members in _components(len(coll), i, j):
-        ranked = sorted(members, key=lambda r: _rank_key(coll, policy, r))
+        ranked = sorted(members, key=lambda r: rank_key(coll, policy, r))
         keeper = ranked[0]
         sims = coll.vectors[ranked] @ coll.vectors[keeper]  # [m]
         order = [0, *sorted(range(1, len(ranked)), key=lambda k: (-sims[k], ranked[k]))]
@@ -338,134 +341,4 @@ def write_groups_parquet(result: DedupResult, coll: Collection, path: str | os.P
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
-    return out
-
-
-# ---- uniqueness ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class UniqueResult:
-    """Images ranked most unusual first.
-
-    Attributes:
-        order: collection row indexes, most unusual first.
-        score: mean cosine distance to the k nearest neighbours, per row of `order`.
-        nearest: the nearest neighbour's row index, per row of `order`.
-        nearest_similarity: its cosine similarity.
-        k: neighbours used.
-    """
-
-    order: np.ndarray
-    score: np.ndarray
-    nearest: np.ndarray
-    nearest_similarity: np.ndarray
-    k: int
-
-
-def uniqueness(coll: Collection, k: int = 10) -> UniqueResult:
-    """Rank images by mean cosine distance to their k nearest neighbours (exact FAISS).
-
-    Raises:
-        UsageError: fewer than 2 images, or k < 1.
-    """
-    import faiss
-
-    if k < 1:
-        raise UsageError(f"-k must be at least 1, got {k}")
-    n = len(coll)
-    if n < 2:
-        raise UsageError(f"uniqueness needs at least 2 embedded images, got {n}")
-    k = min(k, n - 1)
-    x = np.ascontiguousarray(coll.vectors, np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    scores = np.zeros(n, np.float32)
-    nearest = np.zeros(n, np.int64)
-    near_sim = np.zeros(n, np.float32)
-    for start in range(0, n, _CHUNK):
-        sims, ids = index.search(x[start : start + _CHUNK], k + 1)  # [q, k+1]
-        for row in range(len(ids)):
-            me = start + row
-            hit = np.flatnonzero(ids[row] == me)
-            drop = hit[0] if len(hit) else k  # self missing: many exact twins; drop the last
-            s = np.delete(sims[row], drop)
-            nn = np.delete(ids[row], drop)
-            scores[me] = float(np.mean(1.0 - s))
-            nearest[me], near_sim[me] = nn[0], s[0]
-    order = np.lexsort((np.arange(n), -scores))
-    return UniqueResult(order, scores[order], nearest[order], near_sim[order], k)
-
-
-def write_unique_parquet(result: UniqueResult, coll: Collection,
-                         path: str | os.PathLike) -> Path:
-    """Rank, path, uniqueness, nearest neighbour and its similarity, most unusual first."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({
-        "rank": pa.array(np.arange(1, len(result.order) + 1), pa.int64()),
-        **parquet_columns("path", [coll.keys[i] for i in result.order]),
-        "uniqueness": pa.array(result.score, pa.float32()),
-        **parquet_columns("nearest_path", [coll.keys[i] for i in result.nearest]),
-        "nearest_similarity": pa.array(result.nearest_similarity, pa.float32()),
-    }).replace_schema_metadata({**coll.metadata(), "clipsift.k": str(result.k)})
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out)
-    return out
-
-
-# ---- HTML page ------------------------------------------------------------------------------
-_CSS = ("body{font-family:sans-serif;margin:1em}section{border-top:1px solid #ccc;padding:.5em 0}"
-        "figure{display:inline-block;margin:4px;width:{w}px;vertical-align:top;font-size:11px;"
-        "word-break:break-all}img{max-width:{w}px;max-height:{w}px;border:3px solid #ddd}"
-        ".keeper img{border-color:#2a2}")
-
-
-def _thumbnails(size: int):
-    """key -> a base64 JPEG data URL of the image at `key` (file or tar member), '' when it
-    cannot be read (a blank on the page, never fatal)."""
-    from clipsift.inputs.reader import KeyReader
-    from clipsift.inputs.thumbnails import thumbnail_data_url
-
-    reader = KeyReader()
-
-    def make(key: str) -> str:
-        try:
-            item = reader.item(key)
-            source = item.path if item.path is not None else item.read_bytes()
-        except OSError:
-            return ""
-        return thumbnail_data_url(source, size, name=key) or ""
-
-    return make
-
-
-def write_groups_html(result: DedupResult, coll: Collection, path: str | os.PathLike, *,
-                      max_groups: int = 200, thumb: int = 160) -> Path:
-    """A self-contained HTML page of the groups (keeper outlined in green), thumbnails
-    embedded as base64 JPEG: no file links, safe to open or share as one file."""
-    import html
-
-    thumbnail = _thumbnails(thumb)
-    parts = [f"<!doctype html><meta charset='utf-8'><title>clipsift dedup</title>"
-             f"<style>{_CSS.replace('{w}', str(thumb))}</style>",
-             f"<h1>{len(result.groups)} groups, {result.duplicates} duplicates among "
-             f"{result.items} images (threshold {result.threshold})</h1>"]
-    for g_id, group in enumerate(result.groups[:max_groups]):
-        parts.append(f"<section><h3>group {g_id}: {len(group.members)} images</h3>")
-        for k, (row, sim) in enumerate(zip(group.members, group.similarity, strict=True)):
-            key = printable(coll.keys[row])
-            dims = f"{coll.width[row]}x{coll.height[row]}" if coll.width[row] >= 0 else "?"
-            label = "keeper" if k == 0 else f"sim {sim:.3f}"
-            parts.append(f"<figure class='{'keeper' if k == 0 else 'dup'}'>"
-                         f"<img src='{thumbnail(coll.keys[row])}' alt=''>"
-                         f"<figcaption>{html.escape(label)} · {dims}<br>"
-                         f"{html.escape(key)}</figcaption></figure>")
-        parts.append("</section>")
-    if len(result.groups) > max_groups:
-        parts.append(f"<p>{len(result.groups) - max_groups} more groups are in the Parquet "
-                     "file.</p>")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return out

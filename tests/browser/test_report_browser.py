@@ -14,6 +14,7 @@ import clipsift
 from clipsift.evaluation.datasets import embed_dataset, load_dataset
 from clipsift.evaluation.evaluate import EvalOptions, evaluate
 from clipsift.evaluation.report import write_report
+from clipsift.htmlpage import stylesheet
 from tests.browser import chrome
 from tests.evaluation.test_evaluate import extract_cifar
 
@@ -43,6 +44,7 @@ def test_report_renders_in_chromium(report, tmp_path):
     text = report.read_text(encoding="utf-8")
     assert "cat &lt;i&gt;&amp;x" in text and "<i>&x" not in text
     assert "http://" not in text and "https://" not in text  # self-contained
+    assert stylesheet() in text  # the look shared with the dedup page
     driver = chrome.start(tmp_path / "chrome-profile", 1300, 1000)
     try:
         driver.get(report.as_uri())

@@ -1,23 +1,20 @@
 """The search page in a real browser: Selenium drives Debian's headless Chromium against
 `clipsift serve` on 127.0.0.1. Type a query -> result images load; upload an image ->
 results like it; a bad upload -> a visible error; click a result -> more like it;
-classify an image -> probability bars. Without Chromium: skipped when run with plain
-pytest, a failure under scripts/test.sh (see tests/browser/chrome.py).
-
-Set CLIPSIFT_SCREENSHOTS=/some/folder to keep screenshots of the page."""
+classify an image -> probability bars (URLs, keyboard, captions and the API key:
+test_search_page.py). Without Chromium: skipped when run with plain pytest, a failure
+under scripts/test.sh (see tests/browser/chrome.py). The browser is the module's
+(conftest.py); CLIPSIFT_SCREENSHOTS=/some/folder keeps screenshots."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from tests.browser import chrome
+from tests.browser.pagekit import WAIT, loaded_images, screenshot, status, texts, wait
+from tests.browser.pagekit import open_page as open_url
 from tests.support.serverkit import LiveServer, build_index
 
 pytestmark = pytest.mark.browser
-WAIT = 20
 
 
 @pytest.fixture(scope="module")
@@ -27,69 +24,8 @@ def server(photos, tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    driver = chrome.start(tmp_path_factory.mktemp("chrome-profile"), 1280, 900)
-    driver.set_page_load_timeout(WAIT)
-    yield driver
-    driver.quit()
-
-
-def wait(driver, condition, message: str):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition, message)
-
-
-def loaded_images(driver) -> int:
-    """How many result thumbnails finished loading with real pixels (naturalWidth > 0)."""
-    return driver.execute_script(
-        "const imgs = [...document.querySelectorAll('#results img')];"
-        "return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0)"
-        " ? imgs.length : 0;")
-
-
-def texts(driver, selector: str) -> list[str]:
-    """textContent of matching elements (cards fade in, so .text may still be empty)."""
-    return [e.get_attribute("textContent") for e in driver.find_elements("css selector",
-                                                                         selector)]
-
-
-def status(driver) -> str:
-    return driver.find_element("id", "status").text
-
-
-def screenshot(driver, name: str) -> None:
-    folder = os.environ.get("CLIPSIFT_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(folder) / f"{name}.png"))
-
-
 def open_page(driver, server) -> None:
-    driver.get(server.url + "/")
-    wait(driver, lambda d: "images" in d.find_element("id", "server-info").text,
-         "the page did not show the server's model and index size")
-
-
-def test_text_query_shows_loaded_images(browser, server):
-    open_page(browser, server)
-    box = browser.find_element("id", "query")
-    box.send_keys("a fish in the water\n")
-    wait(browser, lambda d: loaded_images(d) >= 12, "result images did not load")
-    assert "results for" in status(browser)
-    scores = [float(t) for t in texts(browser, ".result .score")]
-    assert scores == sorted(scores, reverse=True)
-    screenshot(browser, "text-search")
-
-
-def test_upload_image_finds_it(browser, server, photos):
-    open_page(browser, server)
-    browser.find_element("id", "image-input").send_keys(str(photos[3]))
-    wait(browser, lambda d: f"like {photos[3].name}" in status(d) and loaded_images(d),
-         "no results for the uploaded image")
-    assert texts(browser, ".result .name")[0] == photos[3].name
-    assert browser.find_element("id", "query-pill").is_displayed()
+    open_url(driver, server.url + "/")
 
 
 _DISPATCH = """
@@ -155,21 +91,3 @@ def test_click_result_for_more_like_it_and_classify(browser, server, photos):
     wait(browser, lambda d: len(d.find_elements("css selector", "#classify-results li")) == 3,
          "no classification bars")
     screenshot(browser, "classify")
-
-
-def test_page_with_api_key_asks_for_it_and_loads_thumbnails(browser, photos, tmp_path):
-    path = build_index(photos, tmp_path, count=6)
-    key = "browser-test-key-123"
-    with LiveServer([str(path), "--model", "fake"], env={"CLIPSIFT_API_KEY": key}) as srv:
-        browser.get(srv.url + "/")
-        auth = browser.find_element("id", "auth")
-        wait(browser, lambda d: auth.is_displayed(), "the page did not ask for the API key")
-        browser.find_element("id", "api-key").send_keys(key + "\n")
-        wait(browser, lambda d: "images" in d.find_element("id", "server-info").text,
-             "the key was not accepted")
-        browser.find_element("id", "query").send_keys("fish\n")
-        wait(browser, lambda d: loaded_images(d) >= 6, "thumbnails did not load with the key")
-        srcs = [e.get_attribute("src") for e in browser.find_elements("css selector",
-                                                                       "#results img")]
-        assert all(s.startswith("blob:") for s in srcs)  # fetched with the key header
-        browser.execute_script("sessionStorage.clear()")

@@ -58,7 +58,8 @@ def test_server_dedup_and_report_use_the_one_maker(kinds, tmp_path):
     from clipsift.evaluation.datasets import load_dataset
     from clipsift.evaluation.report import thumbnail
     from clipsift.server.thumbs import Thumbnails
-    from clipsift.sift.dedup import collection_from_inputs, find_duplicates, write_groups_html
+    from clipsift.sift.dedup import collection_from_inputs, find_duplicates
+    from clipsift.sift.dedup_page import write_groups_html
     from tests.support.fake_model import FakeModel
 
     photo = kinds["rotated.jpg"]

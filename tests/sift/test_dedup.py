@@ -29,10 +29,10 @@ from clipsift.sift.dedup import (
     collection_from_inputs,
     find_duplicates,
     similar_pairs,
-    uniqueness,
-    write_groups_html,
     write_groups_parquet,
 )
+from clipsift.sift.dedup_page import write_groups_html
+from clipsift.sift.unique import uniqueness
 from tests.support.fake_model import FakeModel
 
 THRESHOLD = 0.93
@@ -115,7 +115,7 @@ def test_groups_parquet_and_html(planted, coll, tmp_path):
     assert table.schema.metadata[b"clipsift.threshold"] == str(THRESHOLD).encode()
     page = write_groups_html(result, coll, tmp_path / "g.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 4 * PLANTED
-    assert page.count("class='keeper'") == PLANTED and "<script" not in page
+    assert page.count('class="member keeper"') == PLANTED and "<script" not in page
 
 
 def test_dedup_cli_on_an_index(planted, tmp_path, capsys):
