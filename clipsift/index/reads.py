@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,24 @@ class StoreReads:
     path: Path
     db: sqlite3.Connection
     meta: StoreMeta
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside sees the same committed state, whatever
+        other connections commit meanwhile (WAL). Inside a transaction already: that one."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")  # deferred: the snapshot starts at the first read
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
+    def generation(self) -> int:
+        """A counter bumped by every committed write transaction."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
 
     def lookup(self, keys: Sequence[str]) -> dict[str, CatalogRow]:
         """Catalog rows for the given keys (missing keys are absent from the result)."""
@@ -104,7 +123,13 @@ class StoreReads:
                 blobs.append(blob)
         return np.asarray(found, dtype=np.int64), self._decode(b"".join(blobs), len(found))
 
+    def changed_ids_since(self, gen: int) -> np.ndarray:
+        """Ids whose vector was written after generation `gen` (int64 [n])."""
+        rows = self.db.execute("SELECT id FROM vectors WHERE gen > ?", (gen,)).fetchall()
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
     def tombstones_since(self, gen: int) -> np.ndarray:
+        """Ids whose vector was removed after generation `gen` (int64 [n])."""
         rows = self.db.execute("SELECT id FROM tombstones WHERE gen > ?", (gen,)).fetchall()
         return np.asarray([r[0] for r in rows], dtype=np.int64)
 

@@ -158,11 +158,6 @@ class Store(StoreReads):
             raise RuntimeError("Store writes must happen inside Store.transaction()")
         return self._gen
 
-    def generation(self) -> int:
-        """A counter bumped by every committed write transaction."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
-
     # ---- writes -------------------------------------------------------------------------
     def insert(self, item: NewItem) -> int | None:
         """Add a new catalog row (and its vector); returns its id, None if the key exists."""
