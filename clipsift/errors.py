@@ -99,6 +99,13 @@ class NotFound(ClipsiftError):
     """The item, or the index itself, does not exist (HTTP 404)."""
 
 
+class ItemNotFound(NotFound):
+    """An item id (an `id:` query term, a "more like this" request) names no indexed item
+    with a vector: HTTP 404, exit 2 on the command line."""
+
+    exit_code = 2
+
+
 class PayloadTooLarge(ClipsiftError):
     """An image or list is over a server limit (HTTP 413)."""
 

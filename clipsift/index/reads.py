@@ -91,6 +91,10 @@ class StoreReads:
     def vector_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
 
+    def has_vectors(self) -> bool:
+        """Whether any vector is stored (cheap, unlike `vector_count`)."""
+        return self.db.execute("SELECT 1 FROM vectors LIMIT 1").fetchone() is not None
+
     def iter_vectors(self, chunk: int = 65_536, since_gen: int = -1,
                      stride: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids int64 [n], vectors float16 [n, dim]) in id order.

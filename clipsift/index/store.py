@@ -122,7 +122,7 @@ class Store(StoreReads):
             model=rows["model"], dim=int(rows["dim"]), uuid=rows.get("uuid", ""),
             created=float(rows.get("created", "0")),
             schema_version=self.db.execute("PRAGMA user_version").fetchone()[0],
-            fingerprint=rows.get("fingerprint"),
+            fingerprint=rows.get("fingerprint"), decode=rows.get("decode"),
         )
 
     def reload_meta(self) -> StoreMeta:
@@ -254,10 +254,18 @@ class Store(StoreReads):
                         (fingerprint,))
         self.reload_meta()
 
+    def set_decode(self, mode: str) -> None:
+        """Record how the images behind the vectors were decoded ("exact" / "fast")."""
+        self._write_gen()
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('decode', ?)",
+                        (mode,))
+        self.reload_meta()
+
     def switch_model(self, model: str, dim: int, fingerprint: str) -> int:
         """Give the index another model, in the current transaction: every vector is
         dropped and every item marked stale (embedded again by the next add run), the
-        store gets a new uuid (derived FAISS files are rebuilt). Returns the items marked.
+        store gets a new uuid (derived FAISS files are rebuilt) and forgets its decode
+        mode (the next add records its own). Returns the items marked.
         """
         gen = self._write_gen()
         self.db.execute("INSERT OR REPLACE INTO tombstones (id, gen) SELECT id, ? FROM vectors",
@@ -265,6 +273,7 @@ class Store(StoreReads):
         self.db.execute("DELETE FROM vectors")
         marked = self.db.execute("UPDATE items SET status = ?, error = NULL",
                                  (STATUS_STALE,)).rowcount
+        self.db.execute("DELETE FROM meta WHERE key = 'decode'")
         rows = {"model": model, "dim": str(int(dim)), "fingerprint": fingerprint,
                 "uuid": uuid.uuid4().hex}
         self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
