@@ -88,6 +88,13 @@ class ModelMismatch(StoreError):
     exit_code = 2
 
 
+class EngineError(ClipsiftError):
+    """An engine cannot run at all (decode workers cannot load the model's preprocess, a
+    Ray cluster refuses the connection): a setup problem, not bad images; the run stops."""
+
+    exit_code = 2
+
+
 class TrainingError(ClipsiftError):
     """Training data or options are unusable."""
 
