@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsift.errors import UsageError
+from clipsift.inputs.keys import key_bytes, key_from_bytes, parquet_columns
 
 if TYPE_CHECKING:
     from clipsift.engines.base import EmbedResult, PipelineStats
@@ -76,20 +77,25 @@ def _import_ray() -> Any:
 
 # ---- stages (run on Ray workers) -----------------------------------------------------------
 def _item_row(item: Item) -> dict[str, Any]:
-    return {"key": item.key, "path": item.path or "", "shard": item.shard or "",
+    """An item as a row of plain values. Key, path and shard travel as bytes (a binary
+    column, `clipsift.inputs.keys.key_bytes`): a file name need not be valid UTF-8, and an
+    Arrow string column cannot hold it."""
+    return {"key": key_bytes(item.key), "path": key_bytes(item.path or ""),
+            "shard": key_bytes(item.shard or ""),
             "offset": -1 if item.offset is None else item.offset,
             "size": -1 if item.size is None else item.size,
             "mtime": math.nan if item.mtime is None else item.mtime,
             "data": item.data if item.data is not None else b""}
 
 
-def _row_item(key: str, path: str, shard: str, offset: int, size: int, mtime: float,
+def _row_item(key: bytes, path: bytes, shard: bytes, offset: int, size: int, mtime: float,
               data: bytes) -> Item:
     from clipsift.inputs.sources import Item
 
-    return Item(key, path or None, None if size < 0 else int(size),
-                None if math.isnan(mtime) else float(mtime), shard or None,
-                None if offset < 0 else int(offset), data or None)
+    return Item(key_from_bytes(key), key_from_bytes(path) or None,
+                None if size < 0 else int(size), None if math.isnan(mtime) else float(mtime),
+                key_from_bytes(shard) or None, None if offset < 0 else int(offset),
+                data or None)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess,
@@ -144,7 +150,7 @@ def _to_arrow(batch: dict[str, np.ndarray], metadata: dict[str, str]) -> Any:
     emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()),
                                             vectors.shape[1], mask=pa.array(~ok))
     return pa.table({
-        "key": pa.array([str(k) for k in batch["key"]], pa.string()),
+        **parquet_columns("key", [key_from_bytes(bytes(k)) for k in batch["key"]]),
         "embedding": emb,
         "error": pa.array([None if o else str(e) for o, e in zip(ok, batch["error"],
                                                                    strict=True)], pa.string()),
@@ -270,7 +276,8 @@ class RayEngine:
                     for key, vec, err, w, h in zip(b["key"], b["vector"], b["error"],
                                                    b["width"], b["height"], strict=True):
                         ok = err == ""
-                        out.append(EmbedResult(by_key[str(key)], vec if ok else None,
+                        out.append(EmbedResult(by_key[key_from_bytes(bytes(key))],
+                                               vec if ok else None,
                                                None if ok else str(err),
                                                int(w) if w >= 0 else None,
                                                int(h) if h >= 0 else None))
@@ -281,9 +288,9 @@ class RayEngine:
 
     def write_parquet(self, model: ClipModel, items: Iterable[Item],
                       folder: str | Path, *, batch_size: int = 64) -> RayWriteSummary:
-        """Embed `items` on Ray and write Parquet shards (key, embedding, error, width,
-        height) into `folder/chunk-NNNNN/`, written by the workers themselves (nothing
-        goes through the driver); `folder/_clipsift.json` records the model (name, dim,
+        """Embed `items` on Ray and write Parquet shards (key, key_bytes: the exact name where
+        it is not UTF-8, embedding, error, width, height) into `folder/chunk-NNNNN/`, written
+        by the workers themselves (nothing goes through the driver); `folder/_clipsift.json` records the model (name, dim,
         fingerprint), the decode mode, the counts, and the folders a `Walk` could not list."""
         import json
 
