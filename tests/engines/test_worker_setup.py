@@ -66,6 +66,6 @@ def test_an_index_add_records_nothing_against_the_items(ghost_model, folder, tmp
 
 def test_a_preprocess_that_cannot_be_pickled_is_a_clear_error(folder):
     model = FakeModel()
-    model.preprocess = lambda image: FakeModel().preprocess(image)  # noqa: PLW0108
+    model.preprocess = lambda image: FakeModel().preprocess(image)
     with pytest.raises(EngineError, match="cannot be sent to decode worker processes"):
         list(embed_items(model, iter_items([str(folder)]), workers=2))
