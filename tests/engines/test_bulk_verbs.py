@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,6 +19,7 @@ from clipsift.engines.local import LocalEngine
 from clipsift.errors import UsageError
 from clipsift.evaluation.datasets import embed_dataset, load_dataset
 from tests.support.fake_model import FakeModel
+from tests.support.helpers import photo_tree
 
 LABELS = ["a dog", "a fish"]
 EIO = os.strerror(errno.EIO)
@@ -44,18 +44,12 @@ class SpyEngine(LocalEngine):
 @pytest.fixture
 def tree(photos, tmp_path) -> Path:
     """root/<class>/ with 3 photos each, and root/dog/deeper/ with 2 more."""
-    root = tmp_path / "tree"
-    for name, chunk in (("dog", photos[:3]), ("fish", photos[3:6]), ("dog/deeper", photos[6:8])):
-        (root / name).mkdir(parents=True)
-        for p in chunk:
-            shutil.copy(p, root / name / p.name)
-    return root
+    return photo_tree(tmp_path / "tree", {"dog": photos[:3], "fish": photos[3:6],
+                                          "dog/deeper": photos[6:8]})
 
 
-@pytest.fixture
-def locked(tree, monkeypatch) -> Path:
-    """root/dog/deeper cannot be listed (EIO), as on a failing disk or share."""
-    folder = tree / "dog" / "deeper"
+def unlistable(monkeypatch, folder: Path) -> Path:
+    """Make `folder` fail to list (EIO), as on a failing disk or share."""
     real = os.scandir
 
     def scandir(p=".", *args):
@@ -65,6 +59,12 @@ def locked(tree, monkeypatch) -> Path:
 
     monkeypatch.setattr(os, "scandir", scandir)
     return folder
+
+
+@pytest.fixture
+def locked(tree, monkeypatch) -> Path:
+    """root/dog/deeper cannot be listed."""
+    return unlistable(monkeypatch, tree / "dog" / "deeper")
 
 
 def test_every_verb_runs_on_the_engine_given(tree, tmp_path):
@@ -127,14 +127,6 @@ def test_cli_lists_unreadable_folders_and_exits_1(tree, locked, tmp_path, capsys
 
 
 def test_an_unreadable_class_folder_stops_evaluation(tree, monkeypatch):
-    folder = tree / "fish"
-    real = os.scandir
-
-    def scandir(p=".", *args):
-        if os.path.abspath(os.fspath(p)) == str(folder):
-            raise OSError(errno.EIO, EIO, str(folder))
-        return real(p, *args)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    unlistable(monkeypatch, tree / "fish")
     with pytest.raises(UsageError, match=f"class folder .*fish.* cannot be read \\({EIO}"):
         load_dataset(tree)

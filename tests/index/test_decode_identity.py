@@ -5,7 +5,6 @@ recorded is "legacy" (adds still work and say so; --reembed makes it exact)."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 
 import pyarrow.parquet as pq
@@ -18,6 +17,7 @@ from clipsift.evaluation.datasets import embed_dataset, load_dataset
 from clipsift.index.export import export_parquet
 from clipsift.index.index import Index
 from tests.support.fake_model import FakeModel
+from tests.support.helpers import photo_tree
 
 EXACT, FAST = LocalEngine(0), LocalEngine(0, fast_decode=True)
 
@@ -25,12 +25,7 @@ EXACT, FAST = LocalEngine(0), LocalEngine(0, fast_decode=True)
 @pytest.fixture
 def tree(photos, tmp_path):
     """root/dog/ and root/fish/, 3 photos each (a dataset and a folder to index)."""
-    root = tmp_path / "tree"
-    for name, chunk in (("dog", photos[:3]), ("fish", photos[3:6])):
-        (root / name).mkdir(parents=True)
-        for p in chunk:
-            shutil.copy(p, root / name / p.name)
-    return root
+    return photo_tree(tmp_path / "tree", {"dog": photos[:3], "fish": photos[3:6]})
 
 
 def _forget_decode(path) -> None:
