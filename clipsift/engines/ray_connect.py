@@ -105,8 +105,9 @@ def init(ray: Any, address: str | None, opts: dict[str, Any]) -> None:
         EngineError: the cluster cannot be reached or refuses us; the message names the
             fix, then the last lines Ray wrote.
     """
-    if address is not None:
-        probe(address)
+    target = address or os.environ.get("RAY_ADDRESS")  # Ray joins RAY_ADDRESS when set
+    if target:
+        probe(target)
     with captured_stderr() as noise:
         try:
             ray.init(address=address, **opts)
@@ -116,9 +117,9 @@ def init(ray: Any, address: str | None, opts: dict[str, Any]) -> None:
             error = None
     if error is None:
         return
-    if address is not None and _AUTH.search(f"{error} {noise.text}"):
-        raise EngineError(_token_fix(address)) from None
+    if target and _AUTH.search(f"{error} {noise.text}"):
+        raise EngineError(_token_fix(target)) from None
     last = [ln for ln in noise.text.splitlines() if ln.strip()][-3:]
     tail = f" (Ray said: {' | '.join(last)})" if last else ""
-    raise EngineError(f"cannot start or join Ray at {address or 'local'}: {error}{tail}"
+    raise EngineError(f"cannot start or join Ray at {target or 'local'}: {error}{tail}"
                       ) from None
