@@ -1,12 +1,22 @@
-"""Embed images and texts, and write them to Parquet for pandas/duckdb users."""
+"""Embed images and texts, and write them to Parquet for pandas/duckdb users.
+
+Both verbs run source -> Engine -> sink: the inputs are walked (`clipsift.inputs.sources.Walk`),
+embedded by an engine (`clipsift.engines`: local by default, or Ray), and written or
+gathered here. Folders that cannot be listed are failures of the run, never skipped.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from clipsift.engines import EmbedResult, Engine
+    from clipsift.models.base import ClipModel
 
 
 @dataclass
@@ -30,6 +40,7 @@ def embed_to_parquet(
     workers: int | None = None,
     on_progress=None,
     fast_decode: bool = False,
+    engine: Engine | None = None,
 ) -> EmbedSummary:
     """Embed image inputs (files, folders, globs, shards, lists) and texts into Parquet.
 
@@ -44,16 +55,21 @@ def embed_to_parquet(
     Args:
         on_progress: optional callback `(done: int, failed: int) -> None` after each batch.
         fast_decode: decode large JPEGs at reduced scale (faster, approximate vectors).
+        engine: where images are embedded (`clipsift.engines.make_engine`); None: a
+            `LocalEngine` with `workers` and `fast_decode`.
+
+    Returns:
+        What was written; `failed` lists unreadable images and folders that could not be
+        listed ("cannot list folder: ...").
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipsift.engines.local import embed_items
-    from clipsift.inputs.images import decode_mode
-    from clipsift.inputs.sources import iter_items
+    from clipsift.engines import engine_or_local
     from clipsift.models.fingerprint import parquet_metadata
 
-    mode = decode_mode(fast_decode)
+    eng = engine_or_local(engine, workers, fast_decode)
+    mode = eng.decode_mode
     schema = pa.schema(
         [("kind", pa.string()), ("source", pa.string()), ("source_bytes", pa.binary()),
          ("embedding", pa.list_(pa.float32()))],
@@ -68,8 +84,7 @@ def embed_to_parquet(
             _write(writer, schema, "text", list(texts), model.encode_texts(list(texts)))
             summary.texts = len(texts)
         if inputs:
-            for batch in embed_items(model, iter_items(list(inputs)), batch_size=batch_size,
-                                     workers=workers, fast_decode=fast_decode):
+            for batch in _embedded(model, inputs, eng, batch_size, summary.failed):
                 good = [r for r in batch if r.vector is not None]
                 summary.failed += [(r.item.key, r.error or "") for r in batch if r.vector is None]
                 if good:
@@ -80,6 +95,17 @@ def embed_to_parquet(
                     on_progress(summary.images, len(summary.failed))
     tmp.replace(out)
     return summary
+
+
+def _embedded(model: ClipModel, inputs: Sequence[str], engine: Engine, batch_size: int,
+              failed: list[tuple[str, str]]) -> Iterator[list[EmbedResult]]:
+    """Batches of `engine`'s results for the images of `inputs`; when the walk is over, the
+    folders it could not list are appended to `failed` as (folder, "cannot list folder: ...")."""
+    from clipsift.inputs.sources import Walk
+
+    walk = Walk(inputs)
+    yield from engine.embed(model, iter(walk), batch_size=batch_size)
+    failed.extend((e.path, e.message) for e in walk.errors)
 
 
 def _write(writer, schema, kind: str, sources: list[str], vectors: np.ndarray) -> None:
@@ -108,16 +134,19 @@ class SimilarityMatrix:
 
 
 def similarity(model, images: Sequence[str], texts: Sequence[str], *, workers: int | None = 0,
-               fast_decode: bool = False) -> SimilarityMatrix:
-    """Cosine matrix between image inputs and texts; failed images are listed, not fatal.
+               fast_decode: bool = False, engine: Engine | None = None) -> SimilarityMatrix:
+    """Cosine matrix between image inputs and texts; failed images (and folders that could
+    not be listed) are listed in `failed`, not fatal.
 
-    `fast_decode` decodes large JPEGs at reduced scale (faster, approximate)."""
-    from clipsift.engines.local import embed_items
-    from clipsift.inputs.sources import iter_items
+    `fast_decode` decodes large JPEGs at reduced scale (faster, approximate); `engine` runs
+    the embedding (None: a `LocalEngine` with `workers` and `fast_decode`)."""
+    from clipsift.engines import engine_or_local
 
-    keys, vecs, failed = [], [], []
-    for batch in embed_items(model, iter_items(list(images)), workers=workers,
-                             fast_decode=fast_decode):
+    eng = engine_or_local(engine, workers, fast_decode)
+    keys: list[str] = []
+    vecs: list[np.ndarray] = []
+    failed: list[tuple[str, str]] = []
+    for batch in _embedded(model, images, eng, 64, failed):
         for r in batch:
             if r.vector is None:
                 failed.append((r.item.key, r.error or ""))

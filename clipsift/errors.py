@@ -88,6 +88,13 @@ class ModelMismatch(StoreError):
     exit_code = 2
 
 
+class EngineError(ClipsiftError):
+    """An engine cannot run at all (decode workers cannot load the model's preprocess, a
+    Ray cluster refuses the connection): a setup problem, not bad images; the run stops."""
+
+    exit_code = 2
+
+
 class TrainingError(ClipsiftError):
     """Training data or options are unusable."""
 
@@ -97,6 +104,13 @@ class TrainingError(ClipsiftError):
 # ---- errors the server maps to HTTP statuses ---------------------------------------------
 class NotFound(ClipsiftError):
     """The item, or the index itself, does not exist (HTTP 404)."""
+
+
+class ItemNotFound(NotFound):
+    """An item id (an `id:` query term, a "more like this" request) names no indexed item
+    with a vector: HTTP 404, exit 2 on the command line."""
+
+    exit_code = 2
 
 
 class PayloadTooLarge(ClipsiftError):

@@ -149,7 +149,7 @@ def search_cmd(
     """Search an index by text, image, or both; or caption an image from a list."""
     from clipsift.errors import UsageError
     from clipsift.index.index import Index
-    from clipsift.index.query import Term, parse_query, read_captions
+    from clipsift.index.query import read_captions
 
     idx = Index.open(index)
     try:
@@ -162,12 +162,7 @@ def search_cmd(
             return
         if query is None and image is None:
             raise UsageError("give a text query and/or --image")
-        terms = parse_query(query).terms if query is not None else ()
-        if image is not None:
-            terms = (*terms, Term(image, 1.0, "image"))
-        from clipsift.index.query import Query
-
-        _print_hits(idx.search(Query(terms), k, threshold), json_out)
+        _print_hits(idx.search(query, image=image, k=k, threshold=threshold), json_out)
     finally:
         idx.close()
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from clipsift.engines.base import ENGINES, EmbedResult, Engine, PipelineStats
 from clipsift.errors import UsageError
 
-__all__ = ["ENGINES", "EmbedResult", "Engine", "PipelineStats", "make_engine"]
+__all__ = ["ENGINES", "EmbedResult", "Engine", "PipelineStats", "engine_or_local",
+           "make_engine"]
 
 
 def make_engine(name: str = "local", *, workers: int | None = None,
@@ -44,3 +45,22 @@ def make_engine(name: str = "local", *, workers: int | None = None,
         return RayEngine(address=ray_address, num_cpus=ray_cpus, encoders=encoders,
                          fast_decode=fast_decode)
     raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+
+
+def engine_or_local(engine: Engine | None, workers: int | None = None,
+                    fast_decode: bool = False) -> Engine:
+    """The engine a bulk verb runs on: `engine` when given, else a `LocalEngine` with
+    `workers` and `fast_decode` (what the verbs' own parameters ask for).
+
+    Raises:
+        UsageError: `fast_decode` asked for with an engine that decodes exactly (set it on
+            the engine: `make_engine(..., fast_decode=True)`).
+    """
+    if engine is None:
+        from clipsift.engines.local import LocalEngine
+
+        return LocalEngine(workers, fast_decode)
+    if fast_decode and engine.decode_mode != "fast":
+        raise UsageError(f"fast_decode=True, but the {engine.name} engine given decodes "
+                         f"{engine.decode_mode!r}: make the engine with fast_decode=True")
+    return engine

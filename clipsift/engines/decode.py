@@ -6,7 +6,9 @@ decode at a reduced scale, `clipsift.inputs.images.draft_size_for`).
 
 Pixels travel from workers as one stacked tensor per chunk, through shared memory. A decoder
 that crashes its worker process is isolated: the chunk is redone one item per task and the
-culprit recorded as an error.
+culprit recorded as an error. A preprocess the workers cannot load at all (its class lives
+in a module they cannot import, e.g. a plugin loaded only in the parent) is a setup failure,
+not bad images: the run stops with an `EngineError` saying what to do.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import threading
 import time
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipsift.errors import ImageError
+from clipsift.errors import EngineError, ImageError
 from clipsift.inputs.images import DecodedImage, decode_image
 from clipsift.inputs.sources import Item
 from clipsift.models.base import ClipModel, Preprocess
@@ -100,15 +103,26 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="clipsift-parent-watch", daemon=True).start()
 
 
-def _init_worker(preprocess: Preprocess, draft_size: int | None, abort: Any) -> None:
-    """Worker initializer: ignore Ctrl-C (the parent shuts us down), one thread each.
+class WorkerSetupFailed(Exception):
+    """Raised by a worker's tasks when it could not load the preprocess (the reason)."""
+
+
+def _init_worker(preprocess: bytes, draft_size: int | None, abort: Any) -> None:
+    """Worker initializer: ignore Ctrl-C (the parent shuts us down), one thread each, and
+    load the preprocess (pickled by the parent). A failure to load it is kept and raised by
+    every task (`WorkerSetupFailed`), so the parent learns why instead of seeing workers die.
 
     `abort` is a multiprocessing Event the parent sets to cut short the chunks in flight.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     torch.set_num_threads(1)
-    _WORKER_STATE.update(preprocess=preprocess, draft_size=draft_size, abort=abort)
+    try:
+        loaded, error = pickle.loads(preprocess), None
+    except Exception as exc:  # e.g. ModuleNotFoundError for a plugin's module
+        loaded, error = None, f"{type(exc).__name__}: {exc}"
+    _WORKER_STATE.update(preprocess=loaded, setup_error=error, draft_size=draft_size,
+                         abort=abort)
 
 
 def _load(item: Item, draft_size: int | None) -> DecodedImage:
@@ -166,7 +180,27 @@ def decode_chunk(
 
 def _worker_decode_chunk(items: Sequence[Item]) -> Decoded:
     state = _WORKER_STATE
+    if state["setup_error"] is not None:
+        raise WorkerSetupFailed(state["setup_error"])
     return decode_chunk(items, state["preprocess"], state["draft_size"], state["abort"])
+
+
+def _setup_error(reason: str) -> EngineError:
+    return EngineError(
+        f"decode worker processes cannot load the model's preprocess ({reason}): its code "
+        "is in a module they cannot import (a plugin loaded only in this process?). Name "
+        "the module in CLIPSIFT_PLUGINS (workers import it), install it, or decode in this "
+        "process (--workers 0, workers=0)")
+
+
+def _pickled_preprocess(preprocess: Preprocess) -> bytes:
+    try:
+        return pickle.dumps(preprocess)
+    except Exception as exc:  # a lambda, a local function, an open handle...
+        raise EngineError(
+            f"the model's preprocess cannot be sent to decode worker processes "
+            f"({type(exc).__name__}: {exc}); make it picklable (a module-level function or "
+            "class), or decode in this process (--workers 0, workers=0)") from exc
 
 
 def _crashed(items: Sequence[Item]) -> Decoded:
@@ -183,7 +217,7 @@ class PoolDecoder:
             "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         )
         self._abort = self._ctx.Event()
-        self._initargs = (model.preprocess, draft_size, self._abort)
+        self._initargs = (_pickled_preprocess(model.preprocess), draft_size, self._abort)
         self._workers = workers
         self._window = window
         self._stop = stop
@@ -237,6 +271,8 @@ class PoolDecoder:
                 raise _Stopped
             try:
                 one = fut.result()
+            except WorkerSetupFailed as exc:
+                raise _setup_error(str(exc)) from None
             except BrokenProcessPool:
                 one = _crashed([item])
                 self._restart()
@@ -262,6 +298,8 @@ class PoolDecoder:
             raise _Stopped
         try:
             return chunk, fut.result()
+        except WorkerSetupFailed as exc:
+            raise _setup_error(str(exc)) from None
         except BrokenProcessPool:
             decoded = self._isolate(chunk)
             for i, (other, _) in enumerate(pending):  # the restarted pool redoes the rest

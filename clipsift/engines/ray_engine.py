@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -38,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipsift.errors import UsageError
+from clipsift.errors import EngineError, UsageError
+from clipsift.inputs.keys import key_bytes, key_from_bytes, parquet_columns
 
 if TYPE_CHECKING:
     from clipsift.engines.base import EmbedResult, PipelineStats
@@ -76,20 +78,25 @@ def _import_ray() -> Any:
 
 # ---- stages (run on Ray workers) -----------------------------------------------------------
 def _item_row(item: Item) -> dict[str, Any]:
-    return {"key": item.key, "path": item.path or "", "shard": item.shard or "",
+    """An item as a row of plain values. Key, path and shard travel as bytes (a binary
+    column, `clipsift.inputs.keys.key_bytes`): a file name need not be valid UTF-8, and an
+    Arrow string column cannot hold it."""
+    return {"key": key_bytes(item.key), "path": key_bytes(item.path or ""),
+            "shard": key_bytes(item.shard or ""),
             "offset": -1 if item.offset is None else item.offset,
             "size": -1 if item.size is None else item.size,
             "mtime": math.nan if item.mtime is None else item.mtime,
             "data": item.data if item.data is not None else b""}
 
 
-def _row_item(key: str, path: str, shard: str, offset: int, size: int, mtime: float,
+def _row_item(key: bytes, path: bytes, shard: bytes, offset: int, size: int, mtime: float,
               data: bytes) -> Item:
     from clipsift.inputs.sources import Item
 
-    return Item(key, path or None, None if size < 0 else int(size),
-                None if math.isnan(mtime) else float(mtime), shard or None,
-                None if offset < 0 else int(offset), data or None)
+    return Item(key_from_bytes(key), key_from_bytes(path) or None,
+                None if size < 0 else int(size), None if math.isnan(mtime) else float(mtime),
+                key_from_bytes(shard) or None, None if offset < 0 else int(offset),
+                data or None)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess,
@@ -144,7 +151,7 @@ def _to_arrow(batch: dict[str, np.ndarray], metadata: dict[str, str]) -> Any:
     emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()),
                                             vectors.shape[1], mask=pa.array(~ok))
     return pa.table({
-        "key": pa.array([str(k) for k in batch["key"]], pa.string()),
+        **parquet_columns("key", [key_from_bytes(bytes(k)) for k in batch["key"]]),
         "embedding": emb,
         "error": pa.array([None if o else str(e) for o, e in zip(ok, batch["error"],
                                                                    strict=True)], pa.string()),
@@ -193,7 +200,13 @@ class RayEngine:
         return decode_mode(self.fast_decode)
 
     def start(self) -> None:
-        """Start (or join) Ray; idempotent. A Ray already initialised here is reused."""
+        """Start (or join) Ray; idempotent. A Ray already initialised here is reused.
+
+        Raises:
+            EngineError: the cluster cannot be reached, or refuses this driver (Ray's token
+                authentication: the message says what to set); Ray's own connection
+                messages are kept off the terminal (`clipsift.engines.ray_connect`).
+        """
         if self._ray is not None:
             return
         ray = _import_ray()
@@ -204,11 +217,9 @@ class RayEngine:
                 opts["num_cpus"] = self.num_cpus
                 if self.object_store_mb:
                     opts["object_store_memory"] = self.object_store_mb * 1024 * 1024
-            try:
-                ray.init(address=self.address, **opts)
-            except (ConnectionError, RuntimeError) as exc:
-                raise UsageError(f"cannot start or join Ray at {self.address or 'local'}: "
-                                 f"{exc}") from exc
+            from clipsift.engines.ray_connect import init
+
+            init(ray, self.address, opts)  # EngineError with the fix when it cannot
             self._owned = True
         else:
             self._owned = False
@@ -270,7 +281,8 @@ class RayEngine:
                     for key, vec, err, w, h in zip(b["key"], b["vector"], b["error"],
                                                    b["width"], b["height"], strict=True):
                         ok = err == ""
-                        out.append(EmbedResult(by_key[str(key)], vec if ok else None,
+                        out.append(EmbedResult(by_key[key_from_bytes(bytes(key))],
+                                               vec if ok else None,
                                                None if ok else str(err),
                                                int(w) if w >= 0 else None,
                                                int(h) if h >= 0 else None))
@@ -281,10 +293,11 @@ class RayEngine:
 
     def write_parquet(self, model: ClipModel, items: Iterable[Item],
                       folder: str | Path, *, batch_size: int = 64) -> RayWriteSummary:
-        """Embed `items` on Ray and write Parquet shards (key, embedding, error, width,
-        height) into `folder/chunk-NNNNN/`, written by the workers themselves (nothing
-        goes through the driver); `folder/_clipsift.json` records the model (name, dim,
-        fingerprint), the decode mode, the counts, and the folders a `Walk` could not list."""
+        """Embed `items` on Ray and write Parquet shards (key, key_bytes: the exact name where
+        it is not UTF-8, embedding, error, width, height) into `folder/chunk-NNNNN/`, written
+        by the workers themselves (nothing goes through the driver); `folder/_clipsift.json`
+        records the model (name, dim, fingerprint), the decode mode, the counts, and the
+        folders a `Walk` could not list."""
         import json
 
         import pyarrow.parquet as pq
@@ -329,18 +342,34 @@ def _update(stats: PipelineStats, batch: list[EmbedResult], t0: float) -> None:
     stats.images_per_second = stats.items / stats.seconds if stats.seconds > 0 else 0.0
 
 
+_MISSING_MODULE = re.compile(r"No module named '([^']+)'")
+
+
 @contextlib.contextmanager
 def _quiet_data(ray: Any) -> Iterator[None]:
-    """Ordered execution, no progress bars or INFO logs, for the duration of a run."""
+    """Ordered execution, no progress bars and no Ray Data log lines on the terminal for
+    the duration of a run (a failure reaches the caller as an exception; Ray keeps its logs
+    in its session folder); a model the Ray workers cannot import (its module exists only
+    here) stops the run with an `EngineError` saying what to do, as it does for the local
+    decode workers."""
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     logger = logging.getLogger("ray.data")
     level = logger.level
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
+    except Exception as exc:
+        missing = _MISSING_MODULE.search(str(exc))
+        if missing is None:
+            raise
+        raise EngineError(
+            f"Ray workers cannot load the model: no module named {missing[1]!r} there (a "
+            "plugin loaded only in this process, or a package missing on the nodes). "
+            "Install it on every node and name it in CLIPSIFT_PLUGINS by module name (not "
+            "as a .py file)") from None
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         logger.setLevel(level)

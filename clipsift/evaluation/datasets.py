@@ -26,9 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from clipsift.errors import UsageError
+from clipsift.evaluation.cache import EmbeddingCache, cache_key, default_cache_path
+from clipsift.evaluation.embedding import DatasetEmbeddings, embed_dataset
 from clipsift.inputs.images import IMAGE_EXTENSIONS
-from clipsift.inputs.keys import key_from_sql, split_key, sql_value
-from clipsift.inputs.sources import Item, iter_items, iter_tar
+from clipsift.inputs.keys import split_key
+from clipsift.inputs.sources import Item, WalkError, iter_items, iter_tar
+
+__all__ = ["Dataset", "DatasetEmbeddings", "EmbeddingCache", "Sample", "cache_key",
+           "class_display_name", "default_cache_path", "embed_dataset", "load_class_names",
+           "load_dataset", "read_tokenization"]  # the embedding side: evaluation.embedding
 
 TOKENIZATION_FILE = "_tokenization.txt"
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
@@ -61,6 +67,8 @@ class Dataset:
         samples: the images with their labels, in a deterministic order.
         prompts: per-class prompts from a Roboflow `_tokenization.txt`, else None.
         notes: things the user should know that did not stop loading.
+        unreadable: folders inside class folders that could not be listed (their images
+            are not in `samples`; `embed_dataset` reports them as failures).
     """
 
     root: str
@@ -70,6 +78,7 @@ class Dataset:
     samples: list[Sample]
     prompts: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    unreadable: list[WalkError] = field(default_factory=list)
 
     @property
     def labels(self) -> np.ndarray:
@@ -162,8 +171,14 @@ def _from_folder(root: Path, split: str | None) -> Dataset:
                          f"{folder}/<class>/<image>.jpg, one folder per class")
     samples: list[Sample] = []
     empty: list[str] = []
+    unreadable: list[WalkError] = []
     for label, name in enumerate(subdirs):
-        items = list(iter_items([str(folder / name)]))
+        class_folder = os.path.abspath(folder / name)
+        items = list(iter_items([class_folder], on_error=unreadable.append))
+        bad = next((e for e in unreadable if e.path == class_folder), None)
+        if bad is not None:  # a whole class unseen: no evaluation can be right
+            raise UsageError(f"class folder {class_folder!r} cannot be read ({bad.reason}); "
+                             "fix its permissions or remove it")
         if not items:
             empty.append(name)
         samples.extend(Sample(it, label) for it in items)
@@ -171,7 +186,7 @@ def _from_folder(root: Path, split: str | None) -> Dataset:
         raise UsageError(f"class folder(s) without images in {str(folder)!r}: "
                          f"{', '.join(empty)}; add images or remove the folder(s)")
     ds = Dataset(str(folder), "folders", subdirs, [class_display_name(s) for s in subdirs],
-                 samples)
+                 samples, unreadable=unreadable)
     tok = folder / TOKENIZATION_FILE
     if tok.is_file():
         ds.kind = "roboflow"
@@ -329,185 +344,3 @@ def _check_classes(ds: Dataset) -> None:
     if dupes:
         raise UsageError(f"several class folders map to the same class name: {', '.join(dupes)}"
                          "; rename the folders or give a class-name mapping file")
-
-
-# ---- embedding, with a cache ---------------------------------------------------------------
-@dataclass
-class DatasetEmbeddings:
-    """Image embeddings of a dataset's samples.
-
-    Attributes:
-        vectors: float32 [M, D], unit rows, one per sample that could be read.
-        rows: int64 [M], index of each vector's sample in `Dataset.samples`.
-        failures: (key, reason) of every sample that could not be read.
-        encoded: images that went through the model in this run.
-        from_cache: vectors read from the embedding cache.
-        from_index: vectors read from a clipsift index.
-        decode_mode: "exact", or "fast" when large JPEGs were decoded at reduced scale.
-    """
-
-    vectors: np.ndarray
-    rows: np.ndarray
-    failures: list[tuple[str, str]]
-    encoded: int = 0
-    from_cache: int = 0
-    from_index: int = 0
-    decode_mode: str = "exact"
-
-
-def default_cache_path() -> Path:
-    """Where evaluation embeddings are cached: <clipsift cache>/eval-embeddings.sqlite."""
-    from clipsift.models.resolve import cache_dir
-
-    return cache_dir() / "eval-embeddings.sqlite"
-
-
-def cache_key(model, decode_mode: str = "exact") -> str:
-    """The model part of an embedding cache key: the model's fingerprint (weights +
-    preprocessing + tokenizer + precision class), not its name, so a retrained model or
-    another folder with the same name never reads this one's vectors; and the decode mode
-    ("exact" / "fast"), so vectors of the two modes are never mixed."""
-    return f"fp:{model.fingerprint.digest}|decode={decode_mode}"
-
-
-class EmbeddingCache:
-    """Image vectors (or decode errors) keyed by model (`cache_key`) + item key, size and
-    mtime.
-
-    A changed file (other size or mtime) is a miss, so stale vectors are never used.
-    Use as a context manager: `with EmbeddingCache(default_cache_path()) as cache: ...`
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        import sqlite3
-
-        self.path = Path(path).expanduser()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(self.path), timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS vecs (model TEXT NOT NULL, key TEXT NOT NULL, "
-                "size INTEGER NOT NULL, mtime REAL NOT NULL, vec BLOB, error TEXT, "
-                "PRIMARY KEY (model, key))")
-        except (OSError, sqlite3.Error) as ex:
-            raise UsageError(f"cannot use embedding cache {str(self.path)!r}: {ex}; pass "
-                             "another cache path or turn the cache off") from ex
-
-    def get(self, model: str, items: Sequence[Item]) -> dict[str, tuple[bytes | None, str | None]]:
-        """{key: (float32 bytes | None, error | None)} for items cached under `model` (a
-        `cache_key`) with the same size/mtime."""
-        wanted = {it.key: it for it in items if it.size is not None and it.mtime is not None}
-        keys = list(wanted)
-        out: dict[str, tuple[bytes | None, str | None]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            q = ("SELECT key, size, mtime, vec, error FROM vecs WHERE model = ? AND key IN "
-                 f"({','.join('?' * len(chunk))})")
-            for raw, size, mtime, vec, error in self.db.execute(
-                    q, [model, *(sql_value(k) for k in chunk)]):
-                key = key_from_sql(raw)
-                it = wanted[key]
-                if size == it.size and abs(mtime - float(it.mtime or 0)) < 1e-6:
-                    out[key] = (vec, error)
-        return out
-
-    def put(self, model: str, entries: Sequence[tuple[Item, np.ndarray | None, str | None]]
-            ) -> None:
-        """Store (item, vector | None, error | None) for items with a known size and mtime."""
-        rows = [(model, sql_value(it.key), it.size, it.mtime,
-                 None if vec is None else np.asarray(vec, "<f4").tobytes(), err)
-                for it, vec, err in entries if it.size is not None and it.mtime is not None]
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO vecs VALUES (?, ?, ?, ?, ?, ?)", rows)
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> EmbeddingCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _index_vectors(index: str | os.PathLike, model, items: Sequence[Item]) -> dict[str, np.ndarray]:
-    """Vectors of `items` already in a clipsift index built with `model` (same fingerprint,
-    precision included: they are mixed with vectors `model` makes; same size/mtime)."""
-    from clipsift.index.index import Index, resolve_index_path
-    from clipsift.models.base import l2_normalize
-
-    path = resolve_index_path(index)
-    if not path.exists():
-        raise UsageError(f"no clipsift index at {str(path)!r}; build one with "
-                         "`clipsift index add` or leave --index out")
-    with Index.open(path, model) as idx:
-        idx.require_same_vectors(model)
-        found = idx.embeddings([it.key for it in items])
-    by_key = {it.key: it for it in items}
-    keep = [i for i, r in enumerate(found.rows) if r.size == by_key[r.key].size
-            and abs(r.mtime - (by_key[r.key].mtime or 0)) < 1e-6]
-    unit = l2_normalize(found.vectors[keep]) if keep else found.vectors[:0]
-    return {found.rows[i].key: v for i, v in zip(keep, unit, strict=True)}
-
-
-def embed_dataset(model, dataset: Dataset, *, cache: EmbeddingCache | None = None,
-                  index: str | os.PathLike | None = None, batch_size: int = 64,
-                  workers: int | None = None, progress=None,
-                  fast_decode: bool = False) -> DatasetEmbeddings:
-    """Embed every sample once: vectors come from `index`, then `cache`, then the model.
-
-    Args:
-        model: a ClipModel.
-        dataset: from `load_dataset`.
-        cache: where vectors are looked up and stored, keyed by the model's fingerprint
-            (None: no caching).
-        index: a clipsift index built with the same model (same fingerprint), read (never
-            written).
-        batch_size, workers, fast_decode: as for `clipsift.engines.local.embed_items`
-            (vectors made with fast decoding are cached apart from exact ones).
-        progress: called as progress(done, total) after each encoded batch.
-    Returns:
-        DatasetEmbeddings; unreadable images are listed in `failures`, not raised.
-    """
-    from clipsift.engines.local import embed_items
-    from clipsift.inputs.images import decode_mode
-
-    mode = decode_mode(fast_decode)
-    items = [s.item for s in dataset.samples]
-    found: dict[str, np.ndarray] = {}
-    errors: dict[str, str] = {}
-    if index is not None:
-        found.update(_index_vectors(index, model, items))
-    n_index = len(found)
-    model_key = cache_key(model, mode) if cache is not None else ""
-    if cache is not None:
-        for key, (blob, err) in cache.get(model_key, [i for i in items if i.key not in found]
-                                          ).items():
-            if blob is not None:
-                found[key] = np.frombuffer(blob, "<f4").astype(np.float32)
-            else:
-                errors[key] = err or "unreadable"
-    n_cache = len(found) - n_index + len(errors)
-    todo = list({it.key: it for it in items if it.key not in found and it.key not in errors
-                 }.values())
-    done = 0
-    for batch in embed_items(model, todo, batch_size=batch_size, workers=workers,
-                             fast_decode=fast_decode):
-        for r in batch:
-            if r.vector is not None:
-                found[r.item.key] = r.vector
-            else:
-                errors[r.item.key] = r.error or "unreadable"
-        if cache is not None:
-            cache.put(model_key, [(r.item, r.vector, r.error) for r in batch])
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(todo))
-    rows = [i for i, s in enumerate(dataset.samples) if s.key in found]
-    vecs = (np.stack([found[dataset.samples[i].key] for i in rows]) if rows
-            else np.zeros((0, model.dim), np.float32))
-    failures = [(s.key, errors[s.key]) for s in dataset.samples if s.key in errors]
-    return DatasetEmbeddings(vecs.astype(np.float32), np.asarray(rows, np.int64), failures,
-                             encoded=len(todo), from_cache=n_cache, from_index=n_index,
-                             decode_mode=mode)

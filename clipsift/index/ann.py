@@ -136,7 +136,7 @@ class VectorIndex:
         if self._index is None or self._kind != want or self._needs_retrain(n):
             self._build(want, gen, n)
         elif gen != self._gen:
-            self._catch_up(gen)
+            self._catch_up()
         if self._kind == "ivfpq":
             self._save_cache(n)
 
@@ -180,17 +180,23 @@ class VectorIndex:
         self._trained_on = len(train) * stride if stride > 1 else n
         return index
 
-    def _catch_up(self, gen: int) -> None:
-        """Apply writes made after `self._gen`: drop removed/replaced ids, add new vectors."""
+    def _catch_up(self) -> None:
+        """Apply writes made after `self._gen`: drop removed/replaced ids, add new vectors.
+
+        The generation and the changes are read in one read transaction: a writer that
+        commits meanwhile is seen by the next refresh, never half (which would list a
+        replaced id twice)."""
         import faiss
 
         since = self._gen
-        changed = [ids for ids, _ in self.store.iter_vectors(since_gen=since)]
-        gone = np.concatenate([self.store.tombstones_since(since), *changed]).astype(np.int64)
-        if len(gone):
-            self._index.remove_ids(faiss.IDSelectorBatch(gone))
-        for ids, vecs in self.store.iter_vectors(since_gen=since):
-            self._index.add_with_ids(vecs.astype(np.float32), ids)
+        with self.store.snapshot():
+            gen = self.store.generation()
+            changed = self.store.changed_ids_since(since)
+            gone = np.concatenate([self.store.tombstones_since(since), changed])
+            if len(gone):
+                self._index.remove_ids(faiss.IDSelectorBatch(gone.astype(np.int64)))
+            for ids, vecs in self.store.iter_vectors(since_gen=since):
+                self._index.add_with_ids(vecs.astype(np.float32), ids)
         self._gen = gen
 
     # ---- cache file ---------------------------------------------------------------------
@@ -249,17 +255,27 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product. queries float32 [Q, D] -> (scores [Q, k], ids [Q, k]).
 
-        Rows with fewer than k results are padded with score -inf and id -1.
+        Each id appears at most once per row; rows with fewer than k results are padded
+        with score -inf and id -1.
         """
         self.refresh()
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)  # [Q, D]
         if self._kind == "flat":
-            scores, ids = self._index.search(q, k)
-            return _pad_scores(scores, ids)
+            return self._flat_search(q, k)
         self._index.nprobe = min(self.config.nprobe, self._index.nlist)
         cand_k = max(self.config.rerank, 4 * k)
         _, cand = self._index.search(q, cand_k)  # [Q, R]
         return self.rerank(q, cand, k)
+
+    def _flat_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k, each id once: should an id be in FAISS twice (it never stays so: see
+        `_catch_up`), search deeper until k distinct ids are found or all were seen."""
+        fetch = k
+        while True:
+            scores, ids = _unique_rows(*_pad_scores(*self._index.search(q, fetch)))
+            if fetch >= self._index.ntotal or (ids[:, : min(k, fetch)] >= 0).all():
+                return scores[:, :k], ids[:, :k]
+            fetch = min(2 * fetch, int(self._index.ntotal))
 
     def rerank(self, q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of candidate ids [Q, R] from the stored vectors; keep the top k."""
@@ -272,7 +288,7 @@ class VectorIndex:
         if not len(found):  # every candidate was deleted since the FAISS index was updated
             return out_s, out_i
         for row in range(len(q)):
-            ids = cand[row][cand[row] >= 0]
+            ids = np.unique(cand[row][cand[row] >= 0])  # each id once
             pos = np.searchsorted(found, ids)
             pos = pos[(pos < len(found)) & (found[np.minimum(pos, len(found) - 1)] == ids)]
             if not len(pos):
@@ -313,6 +329,19 @@ def _pad_scores(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.nda
     scores = scores.astype(np.float32, copy=True)
     scores[ids < 0] = -np.inf
     return scores, ids.astype(np.int64)
+
+
+def _unique_rows(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each id once per row (its first, best-scored place), the rest padded with -1/-inf."""
+    out_s = np.full_like(scores, -np.inf)
+    out_i = np.full_like(ids, -1)
+    for row in range(len(ids)):
+        _, first = np.unique(ids[row], return_index=True)
+        keep = np.sort(first)
+        keep = keep[ids[row][keep] >= 0]
+        out_s[row, : len(keep)] = scores[row][keep]
+        out_i[row, : len(keep)] = ids[row][keep]
+    return out_s, out_i
 
 
 def _file_checksum(path: Path) -> str:

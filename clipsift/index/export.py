@@ -5,8 +5,9 @@ UTF-8, else null: see clipsift.inputs.keys), size int64, mtime float64 (seconds 
 hash string (blake2b-128 hex), width int32, height int32, embedding list<float32>.
 Only items with a vector are written; errors are listed by `clipsift errors`. The schema
 metadata carries the keys every clipsift Parquet file has (`clipsift.model`, `clipsift.dim`,
-`clipsift.fingerprint`: the digest of the model the vectors come from) and
-`clipsift.index_schema`. Rows are written in chunks, so memory stays flat.
+`clipsift.fingerprint`: the digest of the model the vectors come from), `clipsift.decode`
+(how the index's images were decoded: "exact", "fast" or "legacy"; absent for an index
+with no vectors) and `clipsift.index_schema`. Rows are written in chunks, so memory stays flat.
 
     >>> import pandas as pd
     >>> df = pd.read_parquet("photos.parquet")
@@ -44,7 +45,8 @@ class ExportSummary:
     missing: int = 0
 
 
-def parquet_schema(model: str, dim: int, schema_version: int, fingerprint: str = ""):
+def parquet_schema(model: str, dim: int, schema_version: int, fingerprint: str = "",
+                   decode: str | None = None):
     """The Arrow schema of an export (-> pyarrow.Schema)."""
     import pyarrow as pa
 
@@ -59,7 +61,7 @@ def parquet_schema(model: str, dim: int, schema_version: int, fingerprint: str =
         pa.field("height", pa.int32()),
         pa.field("embedding", pa.list_(pa.float32())),
     ]
-    meta = {**parquet_metadata(model, dim, fingerprint),
+    meta = {**parquet_metadata(model, dim, fingerprint, decode),
             "clipsift.index_schema": str(schema_version)}
     return pa.schema(fields, metadata=meta)
 
@@ -74,7 +76,7 @@ def export_parquet(index: Index, out: str | os.PathLike) -> ExportSummary:
 
     info = index.info
     digest = info.fingerprint.digest if info.fingerprint else ""
-    schema = parquet_schema(info.model, info.dim, info.schema_version, digest)
+    schema = parquet_schema(info.model, info.dim, info.schema_version, digest, info.decode)
     out_path = Path(out)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     rows = 0

@@ -13,10 +13,11 @@ reappear under a new key is a rename (id and vector kept). Removals and renames 
 after a complete walk, so a killed run simply redoes them next time; only files confirmed
 gone under the roots walked are removed, and unreadable folders keep their entries.
 
-Only `Index` talks to the store: other modules read vectors through `iter_embeddings`,
-`embeddings`, `unembedded` and `count`. The index records its model's fingerprint
-(`clipsift.index.identity`): vectors of another model never join it, unless it is
-re-embedded (`Index(path, model, reembed=True)`).
+Only `Index` talks to the store: other modules read vectors and rows through its methods
+(`iter_embeddings`, `embeddings`, `unembedded`, `rows`, `item`, `stored_vectors`, `count`;
+defined in `clipsift.index.reading`) and search with `search` / `search_many`. The index
+records its model's fingerprint (`clipsift.index.identity`): vectors of another model never
+join it, unless it is re-embedded (`Index(path, model, reembed=True)`).
 """
 
 from __future__ import annotations
@@ -24,27 +25,28 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from clipsift.errors import UsageError
 from clipsift.index import identity
 from clipsift.index.ann import AnnConfig, VectorIndex
-from clipsift.index.query import CaptionHit, Hit, Query, parse_query, query_vector, rank_captions
-from clipsift.index.records import STATUS_ERROR, STATUS_OK, STATUS_STALE, CatalogRow, Problem
+from clipsift.index.identity import IndexIdentity
+from clipsift.index.reading import Embeddings, IndexReading
+from clipsift.index.records import STATUS_ERROR, STATUS_STALE, CatalogRow, Problem
 from clipsift.index.store import Store, writer_lock
 from clipsift.index.update import AddProgress, AddRun, AddSummary
+from clipsift.inputs.images import DECODE_EXACT
 from clipsift.models.fingerprint import Fingerprint
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from clipsift.engines import Engine
     from clipsift.models.base import ClipModel
+
+__all__ = ["AnnConfig", "Embeddings", "Index", "IndexIdentity", "IndexInfo",
+           "resolve_index_path"]
 
 INDEX_SUFFIX = ".db"
 
@@ -83,31 +85,10 @@ class IndexInfo:
     problems: int = 0
     fingerprint: Fingerprint | None = None
     uuid: str = ""  # changes when the index is re-embedded with another model
+    decode: str | None = None  # "exact", "fast", "legacy", None: no vectors yet
 
 
-@dataclass(frozen=True)
-class Embeddings:
-    """Stored vectors with their catalog rows.
-
-    Attributes:
-        rows: catalog rows (id, key, size, mtime, hash, width, height...).
-        vectors: float32 [n, D], row i for `rows[i]`, as stored (float16, so unit length
-            to about 1e-3; normalise again where exact unit rows matter).
-    """
-
-    rows: list[CatalogRow]
-    vectors: np.ndarray
-
-    @property
-    def ids(self) -> np.ndarray:
-        return np.fromiter((r.id for r in self.rows), np.int64, len(self.rows))
-
-    @property
-    def keys(self) -> list[str]:
-        return [r.key for r in self.rows]
-
-
-class Index:
+class Index(IndexReading):
     """An image index: one SQLite file plus a derived FAISS cache next to it.
 
     Args:
@@ -121,7 +102,9 @@ class Index:
         device: where a model loaded by name (or the recorded one) runs ("cpu", "cuda").
         reembed: when `model` is not the index's model, make it the index's model: every
             vector is dropped now and every item is embedded again by the next `add`
-            (crash-safe: the index never holds a mix; an interrupted add resumes).
+            (crash-safe: the index never holds a mix; an interrupted add resumes). Also
+            when the next `add` decodes images in another mode than the index's vectors
+            were made in (`fast_decode`; a "legacy" index): that add re-embeds everything.
 
     Raises:
         ModelMismatch: the index was built with another model (and `reembed` is False).
@@ -138,6 +121,7 @@ class Index:
         self._device = device
         #: a message for the user (the model switched by `reembed`), None when nothing to say
         self.notice: str | None = None
+        self._reembed_asked = reembed
         if not self.path.exists() and create and model is not None:
             self.store = self._create(model, precision)
         else:
@@ -224,12 +208,20 @@ class Index:
         return identity.recorded(self.store.meta)
 
     @property
+    def identity(self) -> IndexIdentity:
+        """What made the vectors: model name, dim, fingerprint, decode mode, uuid (cheap)."""
+        meta = self.store.meta
+        return IndexIdentity(meta.model, meta.dim, identity.recorded(meta),
+                             identity.decode_of(meta, self.store.has_vectors()), meta.uuid)
+
+    @property
     def info(self) -> IndexInfo:
         meta = self.store.meta
+        ident = self.identity
         return IndexInfo(self.path, meta.model, meta.dim, self.store.count(),
                          self.store.count(STATUS_ERROR), meta.schema_version,
                          self.store.count(STATUS_STALE), len(self.store.problems()),
-                         identity.recorded(meta), meta.uuid)
+                         ident.fingerprint, meta.uuid, ident.decode)
 
     def count(self, status: str | None = None) -> int:
         """Catalog entries (all, or those with `status`: "ok", "error", "stale")."""
@@ -265,42 +257,66 @@ class Index:
         """Bring the index up to date with `inputs` (files, folders, globs, tars, lists).
 
         `engine` runs the decode/encode stages elsewhere (`clipsift.engines.make_engine`,
-        e.g. Ray); planning and the atomic batch writes stay in this process.
+        e.g. Ray, or a `LocalEngine` with `fast_decode`); planning and the atomic batch
+        writes stay in this process. Its decode mode must be the index's (see
+        `clipsift.index.identity`).
         Setting `stop` (e.g. from a Ctrl-C handler) ends the run after the current batch;
         committed work is kept and the summary says `interrupted`.
 
         Raises:
             IndexInUse: another writer holds the index.
             UsageError: an input does not exist.
+            ModelMismatch: the engine decodes in another mode than the index's vectors were
+                made in (and the index was not opened with `reembed`).
         """
         texts = [os.fspath(p) for p in inputs]
         _check_inputs(texts)
+        mode = engine.decode_mode if engine is not None else DECODE_EXACT
         with writer_lock(self.path):
-            notice = self._check_writer(self.model)
+            notice = self._check_writer(self.model, mode)
             run = AddRun(self.store, self.model, stop or threading.Event(), progress)
             run.engine = engine
             summary = run.execute(texts, batch_size=batch_size, workers=workers,
                                   recursive=recursive)
         return dataclasses.replace(summary, notice=notice) if notice else summary
 
-    def _check_writer(self, model: ClipModel) -> str | None:
-        """Refuse vectors of another fingerprint; an index from an older clipsift records
-        this model's (it matched by name and dim) and says so once."""
+    def _check_writer(self, model: ClipModel, mode: str) -> str | None:
+        """Refuse vectors of another fingerprint or decode mode (with `reembed`: re-embed
+        in this mode); an index from an older clipsift records this model's fingerprint
+        (it matched by name and dim) and says so once; the first vectors record `mode`."""
         self.require_same_vectors(model)
-        if self.store.meta.fingerprint is not None:
-            return None
-        fp = model.fingerprint
-        with self.store.transaction():
-            self.store.set_fingerprint(fp.to_json())
-        return (f"index {self.path} was made by an older clipsift and recorded no model "
-                f"fingerprint; it adopted that of {fp.describe()}, which matches its "
-                "model's name and dim")
+        notices = []
+        if self.store.meta.fingerprint is None:
+            fp = model.fingerprint
+            with self.store.transaction():
+                self.store.set_fingerprint(fp.to_json())
+            notices.append(f"index {self.path} was made by an older clipsift and recorded no "
+                           f"model fingerprint; it adopted that of {fp.describe()}, which "
+                           "matches its model's name and dim")
+        decode = identity.decode_of(self.store.meta, self.store.has_vectors())
+        if decode not in (None, mode) and self._reembed_asked:
+            fp = model.fingerprint
+            with self.store.transaction():
+                marked = self.store.switch_model(model.name, model.dim, fp.to_json())
+            notices.append(f"index {self.path}: re-embedding {marked} items decoded "
+                           f"{mode!r} instead of {decode!r}")
+            decode = None
+        if decode is None:
+            with self.store.transaction():
+                self.store.set_decode(mode)
+        notices.append(identity.check_decode(self.path, decode, mode, writing=True) or "")
+        return "\n".join(n for n in notices if n) or None
 
-    def require_same_vectors(self, model: ClipModel) -> None:
+    def require_same_vectors(self, model: ClipModel, decode: str | None = None) -> None:
         """Before mixing `model`'s vectors with the stored ones: the same fingerprint
-        (precision class included), else `ModelMismatch` naming both."""
+        (precision class included) and, when `decode` is given, vectors decoded in that
+        mode ("exact" / "fast"; a "legacy" index is refused), else `ModelMismatch` naming
+        both."""
         self._sync()
         identity.check_writable(self.path, self.store.meta, model)
+        if decode is not None:
+            ident = self.identity
+            identity.check_decode(self.path, ident.decode, decode, writing=False)
 
     def errors(self) -> list[CatalogRow]:
         """Items that could not be embedded, with their reasons."""
@@ -309,95 +325,6 @@ class Index:
     def problems(self) -> list[Problem]:
         """Folders and files the last runs could not read (their entries were kept)."""
         return self.store.problems()
-
-    # ---- reading vectors ----------------------------------------------------------------
-    def iter_embeddings(self, chunk: int = 8192) -> Iterator[Embeddings]:
-        """Every stored vector with its catalog row, in id order, `chunk` at a time
-        (memory stays flat). Items without a vector are in `unembedded()`."""
-        self._sync()
-        for ids, vecs in self.store.iter_vectors(chunk=chunk):
-            rows = self.store.rows(ids.tolist())
-            keep = [i for i, item_id in enumerate(ids.tolist()) if item_id in rows]
-            yield Embeddings([rows[int(ids[i])] for i in keep],
-                             vecs[keep].astype(np.float32))
-
-    def embeddings(self, keys: Sequence[str]) -> Embeddings:
-        """The stored vectors of the items with these keys (those that have one)."""
-        self._sync()
-        rows = [r for r in self.store.lookup(keys).values() if r.status == STATUS_OK]
-        found, vecs = self.store.get_vectors([r.id for r in rows])
-        by_id = {int(i): n for n, i in enumerate(found)}
-        rows = [r for r in rows if r.id in by_id]
-        return Embeddings(rows, vecs[[by_id[r.id] for r in rows]].astype(np.float32))
-
-    def unembedded(self) -> Iterator[CatalogRow]:
-        """Catalog entries without a vector: errors (with their reason) and items waiting
-        to be embedded again after a model switch (reason says so)."""
-        for row in self.store.iter_rows():
-            if row.status == STATUS_STALE:
-                yield dataclasses.replace(row, error="not embedded yet by the index's new "
-                                          "model (run `clipsift index` on its folder)")
-            elif row.status != STATUS_OK:
-                yield row
-
-    # ---- search -------------------------------------------------------------------------
-    def search(self, query: str | Query | np.ndarray, k: int = 10,
-               threshold: float | None = None) -> list[Hit]:
-        """Text, combined (`"beach" - "people"`, `2:sunset`), image or id query -> hits.
-
-        Example:
-            >>> idx.search("a dog on grass", k=3)
-            [Hit(id=12, path='/photos/dog.jpg', score=0.31), ...]
-        """
-        if isinstance(query, np.ndarray):
-            return self.search_vector(query, k, threshold)
-        parsed = parse_query(query) if isinstance(query, str) else query
-        vec = query_vector(parsed, self.model.encode_texts, self.model.encode_images,
-                           self._stored_vectors)
-        return self.search_vector(vec, k, threshold)
-
-    def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10,
-                     threshold: float | None = None) -> list[Hit]:
-        """Image→image: items closest to an image file or PIL image."""
-        return self.search_vector(self.image_vector(image), k, threshold)
-
-    def search_captions(self, image: str | os.PathLike | Image.Image, captions: Sequence[str],
-                        k: int = 5, threshold: float | None = None) -> list[CaptionHit]:
-        """Image→text: rank `captions` by similarity to `image` with the index's model."""
-        if not captions:
-            raise UsageError("no captions to rank; give at least one")
-        cap_vecs = self.model.encode_texts(list(captions))  # [N, D]
-        return rank_captions(self.image_vector(image), cap_vecs, captions, k, threshold)
-
-    def search_vector(self, vector: np.ndarray, k: int = 10,
-                      threshold: float | None = None) -> list[Hit]:
-        """Items closest to a unit vector [D] by inner product."""
-        if k < 1:
-            raise UsageError(f"k must be at least 1, got {k}")
-        self._sync()
-        vec = np.asarray(vector, np.float32).reshape(1, -1)
-        if vec.shape[1] != self.store.meta.dim:
-            raise UsageError(
-                f"query vector has dim {vec.shape[1]}, the index has {self.store.meta.dim}"
-            )
-        scores, ids = self.vectors.search(vec, k)
-        rows = self.store.rows([int(i) for i in ids[0] if i >= 0])
-        hits = [Hit(int(i), rows[int(i)].key, float(s))
-                for s, i in zip(scores[0], ids[0], strict=True) if int(i) in rows]
-        return [h for h in hits if threshold is None or h.score >= threshold]
-
-    def image_vector(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
-        """Embed one image (path or PIL image) with the index's model -> float32 [D]."""
-        src: Any = os.fspath(image) if isinstance(image, str | os.PathLike) else image
-        return self.model.encode_images([src])[0]
-
-    def _stored_vectors(self, ids: list[int]) -> np.ndarray:
-        found, vecs = self.store.get_vectors(ids)
-        by_id = dict(zip(found.tolist(), vecs, strict=True))
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise UsageError(f"no indexed item with id {missing[0]} in {self.path}")
-        return np.stack([by_id[i] for i in ids]).astype(np.float32)
 
 
 def _check_inputs(texts: list[str]) -> None:

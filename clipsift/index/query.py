@@ -11,7 +11,13 @@ Query language (one string, as typed on the command line):
 
 `+` and `-` are operators only when surrounded by spaces or touching a quote, so
 "well-lit room" stays one term; text inside double quotes is never parsed. The query
-vector is the L2-normalised sum of sign x weight x (unit term vector), as rclip does.
+vector is the L2-normalised sum of sign x weight x (unit term vector), as rclip does;
+weights are at most MAX_WEIGHT in size.
+
+This module is the one place where a query becomes a vector: `plan` turns a query string,
+a plain text and/or an example image into what must be embedded or read (a `QueryPlan`),
+and `QueryPlan.combine` makes the query vector from those vectors. `Index.search` runs a
+plan with the index's model; the server runs the same plan through its batchers.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from clipsift.errors import QueryError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    ImageInput = str | os.PathLike | bytes | Image.Image
 
 TermKind = Literal["text", "image", "id"]
 _KINDS: dict[str, TermKind] = {"text": "text", "image": "image", "img": "image", "id": "id"}
@@ -33,6 +44,7 @@ _WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*:\s*")
 _KIND = re.compile(r"^(text|image|img|id):", re.IGNORECASE)
 _ITEM_ID = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²" and "٣"
 MAX_ITEM_ID = 2**63 - 1  # SQLite's INTEGER (rowid) range
+MAX_WEIGHT = 1000.0  # |weight| of a term; larger ones are typos, and overflow float16 sums
 
 
 @dataclass(frozen=True)
@@ -178,28 +190,104 @@ def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     return (total / norm).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class QueryPlan:
+    """What a query needs before it is one vector: texts to embed, images to embed, stored
+    vectors to read, and one weight per term. Build with `plan`; finish with `combine`.
+
+    Attributes:
+        texts: texts for the text tower, in term order.
+        images: images for the image tower: file paths (`~` expanded), bytes or PIL images.
+        ids: item ids whose stored vectors are read.
+        weights: one per term, in term order, sign included (|w| <= MAX_WEIGHT).
+        sources: per term, (kind, position in `texts`, `images` or `ids`).
+    """
+
+    texts: tuple[str, ...]
+    images: tuple[Any, ...]
+    ids: tuple[int, ...]
+    weights: tuple[float, ...]
+    sources: tuple[tuple[TermKind, int], ...]
+
+    def combine(self, texts: np.ndarray | None = None, images: np.ndarray | None = None,
+                stored: np.ndarray | None = None) -> np.ndarray:
+        """The query vector float32 [D] from the term vectors: `texts` [len(texts), D],
+        `images` [len(images), D], `stored` [len(ids), D], each in the plan's order.
+
+        Raises:
+            UsageError: the terms cancel out (e.g. "a" - "a").
+        """
+        parts = {"text": texts, "image": images, "id": stored}
+        rows = []
+        for kind, pos in self.sources:
+            vectors = parts[kind]
+            if vectors is None:
+                raise ValueError(f"the plan has {kind} terms: pass their vectors")
+            rows.append(vectors[pos])
+        return combine(np.stack(rows).astype(np.float32), self.weights)
+
+
+def plan(query: str | Query | None = None, *, text: str | None = None,
+         image: ImageInput | None = None) -> QueryPlan:
+    """Plan a search: `query` in the query language, `text` taken as it is (never parsed),
+    `image` an example image (path, bytes or PIL image); all given are summed, weight 1.
+
+    Raises:
+        QueryError: nothing to search for, a query that does not parse, a bad `id:` value,
+            or a weight over MAX_WEIGHT.
+
+    Example:
+        >>> p = plan('"beach" - "people"', image="~/sea.jpg")
+        >>> p.texts, p.images, p.weights
+        (('beach', 'people'), ('/home/me/sea.jpg',), (1.0, -1.0, 1.0))
+    """
+    terms = list(parse_query(query).terms if isinstance(query, str)
+                 else query.terms if query is not None else ())
+    if text is not None:
+        if not text.strip():
+            raise QueryError("empty query; give some text, e.g. 'a dog on a beach'")
+        terms.append(Term(text))
+    lists: dict[TermKind, list] = {"text": [], "image": [], "id": []}
+    sources: list[tuple[TermKind, int]] = []
+    for t in terms:
+        value: Any = t.value
+        if t.kind == "image":
+            value = os.path.expanduser(t.value)
+        elif t.kind == "id":
+            value = check_item_id(t.value)
+        sources.append((t.kind, len(lists[t.kind])))
+        lists[t.kind].append(value)
+    if image is not None:
+        src = (os.path.expanduser(os.fspath(image)) if isinstance(image, str | os.PathLike)
+               else image)  # bytes or a PIL image
+        sources.append(("image", len(lists["image"])))
+        lists["image"].append(src)
+    weights = tuple([t.weight for t in terms] + ([1.0] if image is not None else []))
+    if not weights:
+        raise QueryError("nothing to search for: give a query, a text or an image")
+    for w in weights:
+        if abs(w) > MAX_WEIGHT:
+            raise QueryError(f"a term weight is {abs(w):g}, over {MAX_WEIGHT:g}; use weights "
+                             "like 2: or 0.5:")
+    return QueryPlan(tuple(lists["text"]), tuple(lists["image"]), tuple(lists["id"]),
+                     weights, tuple(sources))
+
+
 def query_vector(
     query: Query,
     encode_texts: Callable[[list[str]], np.ndarray],
-    encode_images: Callable[[list[str]], np.ndarray],
+    encode_images: Callable[[list[Any]], np.ndarray],
     stored: Callable[[list[int]], np.ndarray],
 ) -> np.ndarray:
-    """Embed each term with the matching encoder and combine them -> float32 [D].
+    """Embed each term with the matching encoder and combine them -> float32 [D]
+    (`plan` + `QueryPlan.combine` with blocking encoders).
 
     Image terms are file paths (`~` expanded); id terms are item ids looked up by `stored`.
     """
-    vecs: dict[int, np.ndarray] = {}
-    for kind, fn in (("text", encode_texts), ("image", encode_images)):
-        idx = [i for i, t in enumerate(query.terms) if t.kind == kind]
-        if idx:
-            values = [query.terms[i].value for i in idx]
-            out = fn([os.path.expanduser(v) for v in values] if kind == "image" else values)
-            vecs.update(zip(idx, out, strict=True))
-    ids = [i for i, t in enumerate(query.terms) if t.kind == "id"]
-    if ids:
-        vecs.update(zip(ids, stored([int(query.terms[i].value) for i in ids]), strict=True))
-    matrix = np.stack([vecs[i] for i in range(len(query.terms))]).astype(np.float32)
-    return combine(matrix, [t.weight for t in query.terms])
+    p = plan(query)
+    return p.combine(encode_texts(list(p.texts)) if p.texts else None,
+                     encode_images(list(p.images)) if p.images else None,
+                     stored(list(p.ids)) if p.ids else None)
 
 
 def read_captions(path: str | Path) -> list[str]:

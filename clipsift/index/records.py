@@ -22,6 +22,7 @@ class StoreMeta:
     created: float
     schema_version: int
     fingerprint: str | None = None  # JSON of clipsift.models.fingerprint.Fingerprint
+    decode: str | None = None  # how images were decoded: "exact" / "fast"; None: not recorded
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Problem:
     Attributes:
         key: the folder or file path.
         kind: "folder" or "file".
-        error: the reason, e.g. "cannot list: Permission denied".
+        error: the reason, e.g. "cannot list folder: Permission denied".
         time: when it was last seen (seconds since the epoch).
     """
 

@@ -14,7 +14,8 @@ Layout (schema version 3, migrations in `clipsift.index.schema`):
 Ids are SQLite rowids (AUTOINCREMENT, never reused), shared with the FAISS ids. Every write
 happens inside `Store.transaction()`, which bumps the generation once, so each batch of
 items and its vectors commits atomically and derived caches can tell that they are stale.
-Only `clipsift.index.Index` (and the add run it drives) uses this module.
+Reads are in `clipsift.index.reads` (`StoreReads`, inherited). Only `clipsift.index.Index`
+(and the add run it drives) uses this module.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from clipsift.errors import StoreError, UsageError
 from clipsift.index.lock import writer_lock
+from clipsift.index.reads import StoreReads, chunks
 from clipsift.index.records import (
     STATUS_ERROR,
     STATUS_OK,
@@ -56,10 +56,8 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STATUS_ERROR", "STATUS_OK", "STATUS_
            "CatalogRow", "NewItem", "Problem", "Store", "StoreMeta", "connect", "content_hash",
            "migrate", "vector_blob", "writer_lock"]
 
-_CHUNK = 500  # max host parameters per IN (...) query
 
-
-class Store:
+class Store(StoreReads):
     """One index file. Create with `Store.create`, open with `Store.open`.
 
     Example:
@@ -124,7 +122,7 @@ class Store:
             model=rows["model"], dim=int(rows["dim"]), uuid=rows.get("uuid", ""),
             created=float(rows.get("created", "0")),
             schema_version=self.db.execute("PRAGMA user_version").fetchone()[0],
-            fingerprint=rows.get("fingerprint"),
+            fingerprint=rows.get("fingerprint"), decode=rows.get("decode"),
         )
 
     def reload_meta(self) -> StoreMeta:
@@ -159,11 +157,6 @@ class Store:
         if not self._in_txn or self._gen is None:
             raise RuntimeError("Store writes must happen inside Store.transaction()")
         return self._gen
-
-    def generation(self) -> int:
-        """A counter bumped by every committed write transaction."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
 
     # ---- writes -------------------------------------------------------------------------
     def insert(self, item: NewItem) -> int | None:
@@ -248,7 +241,7 @@ class Store:
         gen = self._write_gen()
         ids = list(ids)
         removed = 0
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             marks = ",".join("?" * len(chunk))
             self._drop_vectors(chunk, gen)
             removed += self.db.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk).rowcount
@@ -261,10 +254,18 @@ class Store:
                         (fingerprint,))
         self.reload_meta()
 
+    def set_decode(self, mode: str) -> None:
+        """Record how the images behind the vectors were decoded ("exact" / "fast")."""
+        self._write_gen()
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('decode', ?)",
+                        (mode,))
+        self.reload_meta()
+
     def switch_model(self, model: str, dim: int, fingerprint: str) -> int:
         """Give the index another model, in the current transaction: every vector is
         dropped and every item marked stale (embedded again by the next add run), the
-        store gets a new uuid (derived FAISS files are rebuilt). Returns the items marked.
+        store gets a new uuid (derived FAISS files are rebuilt) and forgets its decode
+        mode (the next add records its own). Returns the items marked.
         """
         gen = self._write_gen()
         self.db.execute("INSERT OR REPLACE INTO tombstones (id, gen) SELECT id, ? FROM vectors",
@@ -272,6 +273,7 @@ class Store:
         self.db.execute("DELETE FROM vectors")
         marked = self.db.execute("UPDATE items SET status = ?, error = NULL",
                                  (STATUS_STALE,)).rowcount
+        self.db.execute("DELETE FROM meta WHERE key = 'decode'")
         rows = {"model": model, "dim": str(int(dim)), "fingerprint": fingerprint,
                 "uuid": uuid.uuid4().hex}
         self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -289,7 +291,7 @@ class Store:
 
     def clear_problems(self, keys: Iterable[str]) -> None:
         self._write_gen()
-        for chunk in _chunks(list(keys)):
+        for chunk in chunks(list(keys)):
             marks = ",".join("?" * len(chunk))
             self.db.execute(f"DELETE FROM problems WHERE key IN ({marks})",
                             [sql_value(k) for k in chunk])
@@ -313,104 +315,6 @@ class Store:
         self.db.executemany("INSERT OR REPLACE INTO tombstones (id, gen) VALUES (?, ?)",
                             [(r[0], gen) for r in gone])
 
-    # ---- reads --------------------------------------------------------------------------
-    def lookup(self, keys: Sequence[str]) -> dict[str, CatalogRow]:
-        """Catalog rows for the given keys (missing keys are absent from the result)."""
-        out: dict[str, CatalogRow] = {}
-        for chunk in _chunks(list(keys)):
-            marks = ",".join("?" * len(chunk))
-            for values in self.db.execute(f"{_SELECT_ROW} WHERE key IN ({marks})",
-                                          [sql_value(k) for k in chunk]):
-                row = _row(values)
-                out[row.key] = row
-        return out
-
-    def rows(self, ids: Sequence[int]) -> dict[int, CatalogRow]:
-        out: dict[int, CatalogRow] = {}
-        for chunk in _chunks(list(ids)):
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"{_SELECT_ROW} WHERE id IN ({marks})", chunk):
-                out[row[0]] = _row(row)
-        return out
-
-    def find_ok_by_hash(self, digest: str) -> int | None:
-        """Id of an 'ok' item with this content hash, if any."""
-        row = self.db.execute(
-            "SELECT id FROM items WHERE hash = ? AND status = 'ok' ORDER BY id LIMIT 1",
-            (digest,),
-        ).fetchone()
-        return int(row[0]) if row else None
-
-    def iter_rows(self, status: str | None = None, chunk: int = 10_000) -> Iterator[CatalogRow]:
-        """All catalog rows in id order, read in chunks (memory stays flat)."""
-        last = -1
-        where = "AND status = ?" if status else ""
-        while True:
-            args: tuple = (last, status, chunk) if status else (last, chunk)
-            batch = self.db.execute(
-                f"{_SELECT_ROW} WHERE id > ? {where} ORDER BY id LIMIT ?", args
-            ).fetchall()
-            if not batch:
-                return
-            yield from (_row(r) for r in batch)
-            last = batch[-1][0]
-
-    def count(self, status: str | None = None) -> int:
-        if status is None:
-            return int(self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-        return int(self.db.execute("SELECT COUNT(*) FROM items WHERE status = ?",
-                                   (status,)).fetchone()[0])
-
-    def vector_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
-
-    def iter_vectors(self, chunk: int = 65_536, since_gen: int = -1,
-                     stride: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (ids int64 [n], vectors float16 [n, dim]) in id order.
-
-        `since_gen` keeps only vectors written after that generation; `stride` keeps ids
-        divisible by it (a cheap spread-out sample for training).
-        """
-        last = -1
-        while True:
-            rows = self.db.execute(
-                "SELECT id, vec FROM vectors WHERE id > ? AND gen > ? AND id % ? = 0 "
-                "ORDER BY id LIMIT ?", (last, since_gen, stride, chunk),
-            ).fetchall()
-            if not rows:
-                return
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, self._decode(b"".join(r[1] for r in rows), len(rows))
-            last = int(ids[-1])
-
-    def get_vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(found ids int64 [n], float16 [n, dim]) for the ids that still have vectors."""
-        found: list[int] = []
-        blobs: list[bytes] = []
-        for chunk in _chunks([int(i) for i in ids]):
-            marks = ",".join("?" * len(chunk))
-            for row_id, blob in self.db.execute(
-                f"SELECT id, vec FROM vectors WHERE id IN ({marks})", chunk
-            ):
-                found.append(row_id)
-                blobs.append(blob)
-        return np.asarray(found, dtype=np.int64), self._decode(b"".join(blobs), len(found))
-
-    def tombstones_since(self, gen: int) -> np.ndarray:
-        rows = self.db.execute("SELECT id FROM tombstones WHERE gen > ?", (gen,)).fetchall()
-        return np.asarray([r[0] for r in rows], dtype=np.int64)
-
-    def _decode(self, raw: bytes, n: int) -> np.ndarray:
-        return np.frombuffer(raw, dtype="<f2").reshape(n, self.meta.dim)
-
-
-_SELECT_ROW = "SELECT id, key, size, mtime, hash, status, error, width, height FROM items"
-
-
-def _row(values: Sequence) -> CatalogRow:
-    """A CatalogRow from a `_SELECT_ROW` result (keys that are not UTF-8 are BLOBs)."""
-    return CatalogRow(values[0], key_from_sql(values[1]), *values[2:])
-
 
 @contextlib.contextmanager
 def _immediate(db: sqlite3.Connection) -> Iterator[None]:
@@ -422,8 +326,3 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _chunks(values: list, size: int = _CHUNK) -> Iterator[list]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]

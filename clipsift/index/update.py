@@ -161,7 +161,7 @@ class AddRun:
         """A folder (or entry) that could not be listed: keep its entries, report it."""
         if self.scope is not None:
             self.scope.unreadable.append(error)
-        self._problem(error.path, "folder", f"cannot list: {error.reason}")
+        self._problem(error.path, "folder", error.message)
 
     def _problem(self, key: str, kind: str, error: str) -> None:
         self.new_problems.append((key, kind, error))
@@ -169,13 +169,10 @@ class AddRun:
         self.n["unreadable"] += 1
 
     def _embed(self, items: Iterator[Item], batch_size: int, workers: int | None) -> None:
-        from clipsift.engines.local import embed_items
+        from clipsift.engines import engine_or_local
 
-        if self.engine is not None:
-            batches = self.engine.embed(self.model, items, batch_size=batch_size, stop=self.stop)
-        else:
-            batches = embed_items(self.model, items, batch_size=batch_size, workers=workers,
-                                  stop=self.stop)
+        engine = engine_or_local(self.engine, workers)
+        batches = engine.embed(self.model, items, batch_size=batch_size, stop=self.stop)
         try:
             for batch in batches:
                 self.write(batch)

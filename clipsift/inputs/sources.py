@@ -115,6 +115,11 @@ class WalkError:
     def from_os(cls, path: str, ex: OSError) -> WalkError:
         return cls(path, ex.strerror or str(ex), ex.errno)
 
+    @property
+    def message(self) -> str:
+        """The failure as every verb reports it: "cannot list folder: Permission denied"."""
+        return f"cannot list folder: {self.reason}"
+
 
 OnError = Callable[[WalkError], None]
 

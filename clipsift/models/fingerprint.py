@@ -211,6 +211,17 @@ def file_key(files: Iterable[str | os.PathLike], config: Any) -> str | None:
     return _hex(RECIPE, json.dumps(stats), config_digest(config))
 
 
+def backend_parts(model: Any, weights_config: Any, preprocess: Any) -> ModelParts:
+    """The parts of a torch backend's fingerprint: `model.module`'s tensors digested with
+    `weights_config` (cached by `model.weight_files`), the `preprocess` settings, and
+    `model.tokenizer`'s vocabulary at its context length."""
+    weights = cached(file_key(model.weight_files, weights_config),
+                     lambda: state_dict_digest(model.module, weights_config))
+    return ModelParts(weights, config_digest(preprocess),
+                      tokenizer_digest(model.tokenizer, model.context_length),
+                      model.source or model.name)
+
+
 def cached(key: str | None, compute: Callable[[], str]) -> str:
     """The digest stored under `key` in the fingerprint cache, else `compute()` (stored)."""
     if key is None:

@@ -11,14 +11,7 @@ from PIL import Image
 
 from clipsift.errors import CheckpointError
 from clipsift.models.base import ClipModel
-from clipsift.models.fingerprint import (
-    ModelParts,
-    cached,
-    config_digest,
-    file_key,
-    state_dict_digest,
-    tokenizer_digest,
-)
+from clipsift.models.fingerprint import ModelParts, backend_parts
 from clipsift.models.textsplit import split_to_fit
 
 _SUPPORTED = {"clip": "CLIPModel", "chinese_clip": "ChineseCLIPModel"}
@@ -83,13 +76,9 @@ class HFClipModel(ClipModel):
         weight file; preprocessing: the image processor's settings; the tokenizer's vocab."""
         config = {"class": type(self.module).__qualname__,
                   "config": _portable(self.module.config.to_dict())}
-        weights = cached(file_key(self.weight_files, config),
-                         lambda: state_dict_digest(self.module, config))
         processor = self.preprocess.processor
-        pre = config_digest({"class": type(processor).__qualname__,
-                             "settings": _portable(processor.to_dict())})
-        return ModelParts(weights, pre, tokenizer_digest(self.tokenizer, self.context_length),
-                          self.source or self.name)
+        return backend_parts(self, config, {"class": type(processor).__qualname__,
+                                            "settings": _portable(processor.to_dict())})
 
 
 def _portable(value: Any) -> Any:

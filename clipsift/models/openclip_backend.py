@@ -8,14 +8,7 @@ from typing import Any
 import torch
 
 from clipsift.models.base import ClipModel, Preprocess
-from clipsift.models.fingerprint import (
-    ModelParts,
-    cached,
-    config_digest,
-    file_key,
-    state_dict_digest,
-    tokenizer_digest,
-)
+from clipsift.models.fingerprint import ModelParts, backend_parts
 from clipsift.models.folder import PreprocessConfig
 from clipsift.models.textsplit import split_to_fit
 
@@ -90,12 +83,8 @@ class OpenClipModel(ClipModel):
         from dataclasses import asdict
 
         config = {"class": type(self.module).__qualname__, "model_cfg": self.model_cfg}
-        weights = cached(file_key(self.weight_files, config),
-                         lambda: state_dict_digest(self.module, config))
-        pre = config_digest({"transform": "open_clip.image_transform_v2",
-                             **asdict(self.preprocess_cfg)})
-        return ModelParts(weights, pre, tokenizer_digest(self.tokenizer, self.context_length),
-                          self.source or self.name)
+        return backend_parts(self, config, {"transform": "open_clip.image_transform_v2",
+                                            **asdict(self.preprocess_cfg)})
 
 
 def trimmable_pool_type(module: torch.nn.Module) -> str | None:

@@ -69,7 +69,7 @@ def _index_state(service: Service) -> str:
     if not service.index_lock.acquire(timeout=LOCK_WAIT_S):
         return "ok (busy: a search or an update of the FAISS index is running)"
     try:
-        index.store.generation()  # a real read on the server's connection
+        index.ping()  # a real read on the server's connection
     except sqlite3.Error as ex:
         return f"not readable ({type(ex).__name__}: {ex})"
     finally:

@@ -19,11 +19,11 @@ from fastapi.responses import JSONResponse, Response
 
 from clipsift import __version__
 from clipsift.errors import UsageError
-from clipsift.index.query import MAX_ITEM_ID
+from clipsift.index.query import MAX_ITEM_ID, Hit
 from clipsift.inputs.keys import json_fields
 from clipsift.server import schemas as S
 from clipsift.server.config import ServerSettings
-from clipsift.server.service import FoundItem, Service, item_name
+from clipsift.server.service import Service, item_name
 
 SizeParam = Annotated[int, Query(ge=16, le=1024, description="Longest side in pixels."),
                       S.AsciiInt]
@@ -85,11 +85,12 @@ async def _read_upload(svc: Service, upload: UploadFile, name: str | None = None
     return data
 
 
-def _hits(request: Request, svc: Service, found: list[FoundItem], start: float
+def _hits(request: Request, svc: Service, found: list[Hit], start: float
           ) -> S.SearchResponse:
     root = request.scope.get("root_path", "")
     hide = svc.settings.hide_paths
-    hits = [S.HitOut(id=h.id, name=item_name(h.key), **({} if hide else json_fields("path", h.key)),
+    hits = [S.HitOut(id=h.id, name=item_name(h.path),
+                     **({} if hide else json_fields("path", h.path)),
                      score=h.score, thumbnail=f"{root}/v1/thumbnail/{h.id}")
             for h in found]
     return S.SearchResponse(hits=hits, took_ms=round((time.perf_counter() - start) * 1e3, 2))
@@ -110,8 +111,8 @@ def _health_route(router: APIRouter) -> None:
                                 headers={"Retry-After": "5", "Cache-Control": "no-store"})
         idx = None
         if svc.index is not None:
-            meta = svc.index.store.meta
-            idx = S.IndexOut(items=await svc.index_size(), model=meta.model, dim=meta.dim)
+            ident = svc.index.identity
+            idx = S.IndexOut(items=await svc.index_size(), model=ident.model, dim=ident.dim)
         s = svc.settings
         return S.HealthResponse(
             status="ok", checks=report.checks, version=__version__, model=svc.model.name,

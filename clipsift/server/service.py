@@ -9,8 +9,10 @@ Image decoding runs in worker threads, exactly (whole image, as the bulk pipelin
 file), a few at a time and within a memory budget (`decode_concurrency`,
 `decode_memory_bytes`; uploads and thumbnails share both: clipsift.server.decoding), before
 the pixels join a batch, so a bad upload fails alone.
-All index/store access holds `index_lock` (one SQLite connection and one FAISS index are
-shared). `health()` checks every part (`health.check_service`).
+The index is used through `Index` only (its store is never touched here); every call holds
+`index_lock` (one SQLite connection and one FAISS index are shared). Queries are planned
+by `clipsift.index.query.plan`, as `Index.search` plans them; only the embedding goes
+through the batchers. `health()` checks every part (`health.check_service`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ import numpy as np
 import torch
 
 from clipsift.errors import ClipsiftError, NotFound, PayloadTooLarge, UsageError
-from clipsift.index.query import CaptionHit, Query, Term, combine, parse_query, rank_captions
-from clipsift.index.store import STATUS_OK
+from clipsift.index.query import CaptionHit, Hit, plan, rank_captions
 from clipsift.inputs.images import decode_cost, open_image
 from clipsift.inputs.keys import key_name, printable
 from clipsift.server.batcher import MicroBatcher
@@ -51,15 +52,6 @@ if TYPE_CHECKING:
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
-
-
-@dataclass(frozen=True)
-class FoundItem:
-    """One search result with what the API shows about it."""
-
-    id: int
-    key: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -103,7 +95,7 @@ class Service:
         if index is not None:
             self._faiss_threads()
             with self.index_lock:
-                index.vectors.refresh()  # build/load FAISS now, not on the first request
+                index.refresh()  # build/load FAISS now, not on the first request
 
     def _faiss_threads(self) -> None:
         """Apply `search_threads` in the calling thread: OpenMP's thread count is a
@@ -161,20 +153,14 @@ class Service:
     def _encode_pixels(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
         return list(self.model.encode_pixels(torch.stack(pixels)))  # [N, 3, H, W] -> [N, D]
 
-    def _search_many(self, queries: list[tuple[np.ndarray, int]]) -> list[list[FoundItem]]:
+    def _search_many(self, queries: list[tuple[np.ndarray, int]]) -> list[list[Hit]]:
         index = self.need_index()
         self._faiss_threads()
         k_max = max(k for _, k in queries)
         matrix = np.stack([v for v, _ in queries]).astype(np.float32)  # [Q, D]
         with self.index_lock:
-            scores, ids = index.vectors.search(matrix, k_max)  # [Q, k_max] each
-            rows = index.store.rows(sorted({int(i) for i in ids.ravel() if i >= 0}))
-        out = []
-        for (_, k), srow, irow in zip(queries, scores, ids, strict=True):
-            found = [FoundItem(int(i), rows[int(i)].key, float(s))
-                     for s, i in zip(srow, irow, strict=True) if int(i) in rows]
-            out.append(found[:k])
-        return out
+            found = index.search_many(matrix, k_max)
+        return [hits[:k] for (_, k), hits in zip(queries, found, strict=True)]
 
     # ---- embedding ----------------------------------------------------------------------
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -253,7 +239,7 @@ class Service:
             raise UsageError(f"k={k} is over this server's limit of {self.settings.max_k}")
 
     async def search_vector(self, vector: np.ndarray, k: int,
-                            threshold: float | None) -> list[FoundItem]:
+                            threshold: float | None) -> list[Hit]:
         self.need_index()
         self._check_k(k)
         assert self.searches is not None
@@ -261,25 +247,16 @@ class Service:
         return [h for h in found if threshold is None or h.score >= threshold]
 
     async def text_query_vector(self, text: str, plain: bool) -> np.ndarray:
-        """Embed a query (plain text or the query language) -> unit vector [D]."""
-        query = Query((Term(text),)) if plain else parse_query(text)
-        if any(t.kind == "image" for t in query.terms):
+        """Embed a query (plain text or the query language) -> unit vector [D], planned as
+        `Index.search` plans it (`clipsift.index.query.plan`: terms, ids, weight limit)."""
+        p = plan(text=text) if plain else plan(text)
+        if p.images:
             raise UsageError("image: terms name files on the server and are not accepted "
                              "over HTTP; upload the image to /v1/search/image instead, or "
                              "quote the text (text:\"image: ...\")")
-        vecs: dict[int, np.ndarray] = {}
-        text_pos = [i for i, t in enumerate(query.terms) if t.kind == "text"]
-        if text_pos:
-            emb = await self.embed_texts([query.terms[i].value for i in text_pos])
-            vecs.update(zip(text_pos, emb, strict=True))
-        for i, t in enumerate(query.terms):
-            if t.kind == "id":
-                vecs[i] = await self.stored_vector(int(t.value))
-        matrix = np.stack([vecs[i] for i in range(len(query.terms))])
-        weights = [t.weight for t in query.terms]
-        if any(abs(w) > 1000 for w in weights):
-            raise UsageError("a term weight is over 1000; use weights like 2: or 0.5:")
-        return combine(matrix, weights)
+        texts = await self.embed_texts(p.texts) if p.texts else None
+        stored = await self.stored_vectors(p.ids) if p.ids else None
+        return p.combine(texts, None, stored)
 
     async def index_size(self) -> int:
         """Number of searchable items (0 without an index)."""
@@ -294,14 +271,15 @@ class Service:
         return await anyio.to_thread.run_sync(count)
 
     async def stored_vector(self, item_id: int) -> np.ndarray:
+        """The stored vector of an indexed item -> float32 [D] (404 when there is none)."""
+        return (await self.stored_vectors([item_id]))[0]
+
+    async def stored_vectors(self, ids: Sequence[int]) -> np.ndarray:
         index = self.need_index()
 
         def read() -> np.ndarray:
             with self.index_lock:
-                found, vecs = index.store.get_vectors([item_id])
-            if not len(found):
-                raise NotFound(f"no indexed item with id {item_id}")
-            return vecs[0].astype(np.float32)
+                return index.stored_vectors(ids)
 
         return await anyio.to_thread.run_sync(read)
 
@@ -311,9 +289,7 @@ class Service:
 
         def read() -> ItemRecord:
             with self.index_lock:
-                row = index.store.rows([item_id]).get(item_id)
-            if row is None or row.status != STATUS_OK:
-                raise NotFound(f"no indexed item with id {item_id}")
+                row = index.item(item_id)
             return ItemRecord(row.id, row.key, row.hash or "", row.width, row.height)
 
         return await anyio.to_thread.run_sync(read)

@@ -161,7 +161,7 @@ def run_filter(
         work.check(run_fingerprint(model, rule, source.describe))
         done_keys = work.keys()
         scored_now = _score(work, source, done_keys, model, rule, stop, progress, t0)
-        unreadable = {e.path: f"cannot list folder: {e.reason}" for e in source.unreadable}
+        unreadable = {e.path: e.message for e in source.unreadable}
         base = dict(scored_now=scored_now, scored_before=len(done_keys), rule=rule,
                     unreadable=unreadable)
         if stop.is_set():

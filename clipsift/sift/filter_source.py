@@ -60,10 +60,10 @@ def make_source(model: ClipModel, inputs: Sequence[str | os.PathLike],
                          "an index, not both and not neither")
     if index is not None:
         return _index_source(model, index)
-    from clipsift.engines.local import LocalEngine
+    from clipsift.engines import engine_or_local
     from clipsift.inputs.sources import Walk
 
-    eng = engine if engine is not None else LocalEngine()
+    eng = engine_or_local(engine)
     for text in texts:
         if not os.path.exists(text) and not any(c in text for c in "*?["):
             raise UsageError(f"input not found: {text!r} (expected a file, folder, glob, "

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from clipsift.zeroshot.classes import class_embeddings
+
+if TYPE_CHECKING:
+    from clipsift.engines import Engine
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ def classify(
     batch_size: int = 64,
     workers: int | None = None,
     fast_decode: bool = False,
+    engine: Engine | None = None,
 ) -> list[Classification]:
     """Classify images zero-shot against `labels`.
 
@@ -99,16 +104,20 @@ def classify(
         top_k: keep only the k most probable labels per image.
         batch_size, workers, fast_decode: as for `clipsift.engines.local.embed_items`
             (fast_decode: large JPEG files decoded at reduced scale, approximate).
+        engine: where image files are embedded (`clipsift.engines.make_engine`, e.g. Ray);
+            None: a `LocalEngine` with `workers` and `fast_decode`.
     Returns:
-        One Classification per image, in input order; failed images carry `error`.
+        One Classification per image, in input order; failed images carry `error`, and so
+        do folders that could not be listed ("cannot list folder: ...", after the images).
     """
     return list(iter_classify(model, images, labels, templates, top_k=top_k,
                               batch_size=batch_size, workers=workers,
-                              fast_decode=fast_decode))
+                              fast_decode=fast_decode, engine=engine))
 
 
 def iter_classify(model, images, labels, templates=None, *, top_k=None, batch_size=64,
-                  workers=None, fast_decode=False) -> Iterator[Classification]:
+                  workers=None, fast_decode=False,
+                  engine: Engine | None = None) -> Iterator[Classification]:
     """Streaming form of `classify`: yields results batch by batch."""
     clf = ZeroShotClassifier(model, labels, templates)
     pil = [im for im in images] if not isinstance(images, list) else images
@@ -117,15 +126,17 @@ def iter_classify(model, images, labels, templates=None, *, top_k=None, batch_si
         for i, ranked in enumerate(clf.classify_vectors(vecs, top_k)):
             yield Classification(f"<image {i}>", ranked)
         return
-    from clipsift.engines.local import embed_items
-    from clipsift.inputs.sources import iter_items
+    from clipsift.engines import engine_or_local
+    from clipsift.inputs.sources import Walk
 
-    paths = [str(p) for p in pil]
-    for batch in embed_items(model, iter_items(paths), batch_size=batch_size, workers=workers,
-                             fast_decode=fast_decode):
+    eng = engine_or_local(engine, workers, fast_decode)
+    walk = Walk([str(p) for p in pil])
+    for batch in eng.embed(model, iter(walk), batch_size=batch_size):
         good = [r for r in batch if r.vector is not None]
         ranked = clf.classify_vectors(np.stack([r.vector for r in good]), top_k) if good else []
         it = iter(ranked)
         for r in batch:
             yield (Classification(r.item.key, next(it)) if r.vector is not None
                    else Classification(r.item.key, error=r.error))
+    for error in walk.errors:  # never skipped silently
+        yield Classification(error.path, error=error.message)

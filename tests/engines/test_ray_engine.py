@@ -218,3 +218,30 @@ def test_make_engine_names():
     assert make_engine("local", workers=0).name == "local"
     with pytest.raises(UsageError, match="local, ray"):
         make_engine("spark")
+
+
+@pytest.mark.slow
+def test_ray_keeps_file_names_that_are_not_utf8(ray_engine, data, tmp_path):
+    """Keys travel to the Ray workers as bytes (clipsift.inputs.keys): a Latin-1 file name
+    (and a folder named so) comes back exact, in results and in Parquet shards."""
+    import os
+
+    from clipsift.inputs.keys import keys_from_columns
+
+    folder = tmp_path / os.fsdecode(b"d\xe9j\xe0")
+    folder.mkdir()
+    cats = sorted(Path(data[0], "cat").glob("*.jpg"))[:3]
+    for i, src in enumerate(cats):
+        (folder / os.fsdecode(b"caf\xe9-%d.jpg" % i)).write_bytes(src.read_bytes())
+    model = FakeModel()
+    local = _results(LOCAL, model, [str(folder)])
+    remote = _results(ray_engine, model, [str(folder)])
+    assert [r.item.key for r in remote] == [r.item.key for r in local]
+    assert all(r.error is None for r in remote) and len(remote) == 3
+    assert os.fsencode(remote[0].item.key).endswith(b"/d\xe9j\xe0/caf\xe9-0.jpg")
+    for a, b in zip(local, remote, strict=True):
+        assert np.allclose(a.vector, b.vector, atol=1e-6)
+    ray_engine.write_parquet(model, iter_items([str(folder)]), tmp_path / "emb", batch_size=2)
+    table = pq.read_table(sorted((tmp_path / "emb").glob("chunk-*/*.parquet")))
+    keys = keys_from_columns(table["key"].to_pylist(), table["key_bytes"].to_pylist())
+    assert sorted(keys) == sorted(r.item.key for r in local)

@@ -117,3 +117,55 @@ def test_search_while_everything_is_deleted_and_re_added(stores, threshold):
         thread.join(30)
     assert not failures, failures
     assert searches > 5
+
+
+@pytest.mark.parametrize("threshold", [10, 10**9], ids=["ivfpq", "flat"])
+def test_catch_up_racing_a_writer_lists_each_id_once(stores, monkeypatch, threshold):
+    """A writer commits while the FAISS index catches up (between its reads of the changed
+    vectors and of the tombstones): the catch-up reads one consistent state, so no id is
+    in FAISS twice, and the next refresh brings the late write in."""
+    reader, writer = stores
+    rng = np.random.default_rng(5)
+    ids = _add(writer, 40, rng, "a")
+    vi = VectorIndex(reader, AnnConfig(threshold=threshold, nlist=4))
+    vi.refresh()
+    _add(writer, 3, rng, "b")  # the reader now has something to catch up on
+    moved = np.zeros(DIM, np.float32)
+    moved[0] = 1.0
+    original = reader.tombstones_since
+    raced: list[int] = []
+
+    def racing_write(gen: int) -> np.ndarray:
+        if not raced:  # once: replace item ids[0] with a new vector mid catch-up
+            with writer.transaction():
+                writer.replace(ids[0], NewItem("a-0", 2, 1.0, "new", moved, None, 1, 1))
+            raced.append(ids[0])
+        return original(gen)
+
+    monkeypatch.setattr(reader, "tombstones_since", racing_write)
+    vi.refresh()
+    assert raced
+    assert vi._index.ntotal == reader.vector_count()  # not 44: ids[0] is there once
+    _, out = vi.search(moved[None], k=reader.vector_count())
+    got = [int(i) for i in out[0] if i >= 0]
+    assert len(got) == len(set(got)) == reader.vector_count()
+    vi.refresh()  # the next refresh sees the replaced vector
+    assert vi._index.ntotal == reader.vector_count()
+    scores, out = vi.search(moved[None], k=1)
+    assert int(out[0, 0]) == ids[0] and scores[0, 0] > 0.99
+
+
+@pytest.mark.parametrize("threshold", [10, 10**9], ids=["ivfpq", "flat"])
+def test_hits_are_unique_by_id_even_if_faiss_holds_an_id_twice(stores, threshold):
+    reader, writer = stores
+    rng = np.random.default_rng(6)
+    ids = _add(writer, 40, rng, "a")
+    vi = VectorIndex(reader, AnnConfig(threshold=threshold, nlist=4))
+    vi.refresh()
+    _, vecs = reader.get_vectors(ids[:5])
+    vi._index.add_with_ids(vecs.astype(np.float32), np.asarray(ids[:5], np.int64))  # twice now
+    scores, out = vi.search(vecs[:2].astype(np.float32), k=10)
+    for srow, row in zip(scores, out, strict=True):
+        got = [int(i) for i in row if i >= 0]
+        assert len(got) == len(set(got)) == 10
+        assert list(srow) == sorted(srow, reverse=True)

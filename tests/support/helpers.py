@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -25,6 +26,15 @@ def extract_photos(dest: Path, count: int) -> list[Path]:
                 if len(out) >= count:
                     break
     return sorted(out)
+
+
+def photo_tree(root: Path, layout: dict[str, list[Path]]) -> Path:
+    """Copy photos into sub-folders of `root`: {"dog": [...], "dog/deeper": [...]}."""
+    for sub, files in layout.items():
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for p in files:
+            shutil.copy(p, root / sub / p.name)
+    return root
 
 
 def load_script(path: Path, name: str):
